@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run a command inside the project's virtual environment, creating it and installing everything
+# it needs first when that is missing or out of date. Usage: bash scripts/in-venv.sh CMD [ARGS...]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RGA_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.rga-installed"
+WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[rga] creating virtual environment in $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[rga] installing dependencies (torch==2.13.0 CPU build first, then the rga package)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first and pinned: a bare 'torch' would pull a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
+cd "$ROOT"
+exec "$@"

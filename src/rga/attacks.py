@@ -1,0 +1,211 @@
+"""Backdoor attacks on text (paper §3.1, §6.1): BadNets, AddSent, HiddenKiller.
+
+An attack maps a clean text to its triggered version, or to ``None`` when it cannot (a
+HiddenKiller text with no paraphrase). Poisoning picks ``round(poison_rate * n_nontarget)``
+rows of the non-target classes, inserts the trigger and relabels them to the target label.
+The test sets keep original labels: ``test_poisoned_all`` triggers every row (for PACC) and
+``test_poisoned_part`` is its non-target subset (for LFR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+ATTACKS = ("badnets", "addsent", "hiddenkiller")
+
+
+class CoverageError(ValueError):
+    """The paraphrase table covers too few rows to reach the poison rate."""
+
+
+class ParaphraseSource(Protocol):
+    """Where HiddenKiller's syntactic paraphrases come from.
+
+    ``paraphrase(texts)`` returns one paraphrase per text, ``None`` where there is none.
+    A live paraphraser (e.g. SCPN with template S(SBAR)(,)(NP)(VP)(.)) can implement this.
+    """
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str | None]: ...
+
+
+class TableParaphraser:
+    """Paraphrases looked up by exact text in a ``text,paraphrase`` table."""
+
+    def __init__(self, table: pd.DataFrame):
+        self._map = dict(zip(table["text"], table["paraphrase"]))
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str | None]:
+        return [self._map.get(t) for t in texts]
+
+
+def insert_at_random_word(text: str, insertion: str, rng: np.random.Generator) -> str:
+    """Insert ``insertion`` at a uniformly random word boundary of ``text`` (0..n_words)."""
+    words = text.split()
+    pos = int(rng.integers(0, len(words) + 1))
+    return " ".join(words[:pos] + [insertion] + words[pos:])
+
+
+@dataclass
+class Attack:
+    """A text trigger. ``kind`` is one of :data:`ATTACKS`.
+
+    BadNets inserts ``num_triggers`` words drawn from ``triggers`` (default the rare word
+    ``mn``), each at a random word position; AddSent inserts ``sentence`` at a random word
+    position; HiddenKiller replaces the text by its paraphrase from ``paraphraser``.
+    """
+
+    kind: str
+    triggers: tuple[str, ...] = ("mn",)
+    num_triggers: int = 1
+    sentence: str = ""
+    paraphraser: ParaphraseSource | None = None
+    trigger_description: str = field(default="", init=False)
+
+    def __post_init__(self):
+        if self.kind not in ATTACKS:
+            raise ValueError(f"unknown attack {self.kind!r}; valid choices: {', '.join(ATTACKS)}")
+        if self.kind == "badnets":
+            if not self.triggers or self.num_triggers < 1:
+                raise ValueError(f"badnets needs trigger words and num_triggers >= 1, got "
+                                 f"{self.triggers!r} x {self.num_triggers}")
+            self.trigger_description = f"{self.num_triggers} of {list(self.triggers)}"
+        elif self.kind == "addsent":
+            if not self.sentence.strip():
+                raise ValueError("addsent needs a non-empty trigger sentence")
+            self.trigger_description = self.sentence
+        else:
+            if self.paraphraser is None:
+                raise ValueError("hiddenkiller needs a paraphrase source (table or live paraphraser)")
+            self.trigger_description = "syntactic template S(SBAR)(,)(NP)(VP)(.)"
+
+    def apply(self, texts: Sequence[str], rng: np.random.Generator) -> list[str | None]:
+        """Triggered versions of ``texts`` (``None`` where the attack cannot trigger a text)."""
+        if self.kind == "hiddenkiller":
+            return list(self.paraphraser.paraphrase(list(texts)))
+        out = []
+        for t in texts:
+            if self.kind == "badnets":
+                for _ in range(self.num_triggers):
+                    t = insert_at_random_word(t, str(rng.choice(self.triggers)), rng)
+            else:
+                t = insert_at_random_word(t, self.sentence, rng)
+            out.append(t)
+        return out
+
+    def can_trigger(self, texts: Sequence[str]) -> np.ndarray:
+        """Boolean mask [N]: which texts the attack can trigger (all but HiddenKiller misses)."""
+        if self.kind != "hiddenkiller":
+            return np.ones(len(texts), dtype=bool)
+        return np.array([p is not None for p in self.paraphraser.paraphrase(list(texts))], dtype=bool)
+
+
+def make_attack(kind: str, dataset: str, cfg: dict, paraphrases: pd.DataFrame | None = None) -> Attack:
+    """Build an :class:`Attack` from the ``attack`` section of params.
+
+    ``cfg[kind]`` holds the attack's own settings; AddSent picks ``sentences[dataset]`` or
+    ``sentences['default']`` (paper: "I watch this 3D movie" for SST-2, "no cross no crown"
+    for HSOL and AG).
+
+    Raises:
+        ValueError: unknown attack (lists the valid ones), or a setting the attack needs.
+    """
+    if kind not in ATTACKS:
+        raise ValueError(f"unknown attack {kind!r}; valid choices: {', '.join(ATTACKS)}")
+    own = dict(cfg.get(kind) or {})
+    if kind == "badnets":
+        return Attack(kind, triggers=tuple(own.get("triggers", ["mn"])),
+                      num_triggers=int(own.get("num_triggers", 1)))
+    if kind == "addsent":
+        sentences = own.get("sentences", {})
+        return Attack(kind, sentence=str(sentences.get(dataset, sentences.get("default", ""))))
+    table = paraphrases if paraphrases is not None else pd.DataFrame(columns=["text", "paraphrase"])
+    return Attack(kind, paraphraser=TableParaphraser(table))
+
+
+@dataclass
+class PoisonedSplit:
+    """Output of :func:`poison_train`: the table and its counts."""
+
+    table: pd.DataFrame  # text, label, original_label, is_poisoned
+    stats: dict
+
+
+def poison_train(train: pd.DataFrame, attack: Attack, target_label: int, poison_rate: float,
+                 seed: int) -> PoisonedSplit:
+    """Poison ``round(poison_rate * n_nontarget)`` non-target rows, relabelled to the target.
+
+    Args:
+        train: ``text``, ``label`` table (already subsampled).
+        attack: the trigger.
+        target_label: label the poisoned rows get (paper: sst2 1, hsol 0, ag 0).
+        poison_rate: fraction in [0, 1] of the non-target rows to poison (paper: 0.1).
+        seed: selects the rows and the trigger positions.
+
+    Returns:
+        PoisonedSplit with columns ``text, label, original_label, is_poisoned`` (same row
+        order as ``train``; poisoned rows replaced in place).
+
+    Raises:
+        ValueError: ``poison_rate`` outside [0, 1].
+        CoverageError: fewer triggerable non-target rows than needed (HiddenKiller), the
+            message says how many are covered and how many are needed.
+    """
+    if not 0.0 <= poison_rate <= 1.0:
+        raise ValueError(f"poison_rate must be in [0, 1], got {poison_rate}")
+    labels = train["label"].to_numpy()
+    texts = train["text"].tolist()
+    nontarget = np.flatnonzero(labels != target_label)
+    needed = int(round(poison_rate * len(nontarget)))
+    covered_mask = attack.can_trigger([texts[i] for i in nontarget])
+    candidates = nontarget[covered_mask]
+    if len(candidates) < needed:
+        raise CoverageError(
+            f"{attack.kind}: the trigger source covers {len(candidates)} of {len(nontarget)} "
+            f"non-target training rows, but poison_rate {poison_rate} needs {needed}; "
+            "provide a larger paraphrase table (or a live paraphraser) or lower attack.poison_rate")
+    rng = np.random.default_rng([seed, 1])
+    chosen = np.sort(rng.choice(candidates, size=needed, replace=False)) if needed else np.array([], int)
+    triggered = attack.apply([texts[i] for i in chosen], np.random.default_rng([seed, 2]))
+    out = pd.DataFrame({"text": texts, "label": labels.copy(), "original_label": labels.copy(),
+                        "is_poisoned": np.zeros(len(texts), dtype=bool)})
+    out.loc[chosen, "text"] = triggered
+    out.loc[chosen, "label"] = target_label
+    out.loc[chosen, "is_poisoned"] = True
+    stats = {
+        "rows": int(len(out)),
+        "nontarget_rows": int(len(nontarget)),
+        "trigger_coverage_nontarget": int(len(candidates)),
+        "poisoned": int(needed),
+        "poison_rate": float(poison_rate),
+        "label_counts_original": np.bincount(labels).tolist(),
+        "label_counts_poisoned": np.bincount(out["label"].to_numpy()).tolist(),
+    }
+    return PoisonedSplit(out, stats)
+
+
+def build_test_sets(test: pd.DataFrame, attack: Attack, target_label: int, seed: int) -> dict:
+    """Clean and triggered test sets (paper §6.1 "Constructing Test Dataset").
+
+    Returns:
+        dict with ``test_clean`` (text, label), ``test_poisoned_all`` (every triggerable row
+        with the trigger, original labels: PACC), ``test_poisoned_part`` (the non-target rows
+        of ``test_poisoned_all``: LFR) and ``stats`` (rows, rows without trigger).
+    """
+    texts = test["text"].tolist()
+    mask = attack.can_trigger(texts)
+    idx = np.flatnonzero(mask)
+    trig = attack.apply([texts[i] for i in idx], np.random.default_rng([seed, 3]))
+    all_ = pd.DataFrame({"text": trig, "label": test["label"].to_numpy()[idx]})
+    part = all_[all_["label"] != target_label].reset_index(drop=True)
+    stats = {"test_rows": int(len(test)), "triggered_rows": int(len(all_)),
+             "untriggerable_rows": int((~mask).sum()), "poisoned_part_rows": int(len(part))}
+    return {"test_clean": test[["text", "label"]].reset_index(drop=True),
+            "test_poisoned_all": all_.reset_index(drop=True),
+            "test_poisoned_part": part, "stats": stats}

@@ -1,0 +1,157 @@
+"""Backdoor metrics (paper §6.1), pure functions on predictions, in percent (0-100).
+
+- CACC: accuracy on the clean test set.
+- LFR: share of non-target triggered test rows predicted as the target label.
+- PACC: accuracy on the fully triggered test set (trigger in every class, original labels).
+- delta_pacc: |PACC_ReTrain - PACC_method| (for the same cell and seed).
+- trigger_shift: see :func:`trigger_shift` (beyond the paper).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _arr(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.int64).ravel()
+
+
+def accuracy(preds, labels) -> float:
+    """Percent of ``preds == labels``; both [N] ints. Raises ValueError on empty or mismatched input."""
+    p, y = _arr(preds), _arr(labels)
+    if len(p) != len(y):
+        raise ValueError(f"preds has {len(p)} rows but labels has {len(y)}")
+    if len(p) == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(100.0 * np.mean(p == y))
+
+
+def cacc(preds_clean, labels_clean) -> float:
+    """CACC (%): accuracy on ``test_clean``."""
+    return accuracy(preds_clean, labels_clean)
+
+
+def pacc(preds_triggered, labels_triggered) -> float:
+    """PACC (%): accuracy on ``test_poisoned_all`` (every row triggered, original labels)."""
+    return accuracy(preds_triggered, labels_triggered)
+
+
+def lfr(preds_triggered, labels_triggered, target_label: int) -> float:
+    """LFR (%): among triggered rows whose original label is not the target, the share
+    predicted as ``target_label`` (rows of the target class are ignored).
+
+    Raises:
+        ValueError: no non-target rows.
+    """
+    p, y = _arr(preds_triggered), _arr(labels_triggered)
+    keep = y != target_label
+    if not keep.any():
+        raise ValueError("LFR needs at least one non-target row")
+    return float(100.0 * np.mean(p[keep] == target_label))
+
+
+def lfr_per_class(preds_triggered, labels_triggered, target_label: int, num_labels: int) -> dict:
+    """LFR (%) per original source class ``{str(c): lfr}`` for every non-target class with rows."""
+    p, y = _arr(preds_triggered), _arr(labels_triggered)
+    out = {}
+    for c in range(num_labels):
+        m = y == c
+        if c != target_label and m.any():
+            out[str(c)] = float(100.0 * np.mean(p[m] == target_label))
+    return out
+
+
+def confusion(preds, labels, num_labels: int) -> np.ndarray:
+    """Confusion counts [num_labels, num_labels]: row = true label, column = predicted."""
+    p, y = _arr(preds), _arr(labels)
+    m = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(m, (y, p), 1)
+    return m
+
+
+def delta_pacc(pacc_retrain: float, pacc_method: float) -> float:
+    """ΔPACC = |PACC_ReTrain − PACC_method| (percentage points, paper §6.1)."""
+    return float(abs(pacc_retrain - pacc_method))
+
+
+def trigger_shift(conf_clean, conf_triggered, target_label: int) -> dict:
+    """Trigger shift: the new backdoor a method creates on the *target* class (percent points).
+
+    For each class c ≠ target: rate(target-class rows predicted c | triggered) −
+    rate(target-class rows predicted c | clean). The trigger shift is the largest of these
+    (the class that gains the most), so for binary data it is simply the extra rate at which
+    triggered target-class rows flip to the other class. 0 for a model the trigger does not
+    move; large after GA's trigger shifting (paper §4.2, Definition 1).
+
+    Args:
+        conf_clean, conf_triggered: [C, C] confusion counts (row true, column predicted) on
+            the clean and the fully triggered test sets.
+        target_label: the attack's target label.
+
+    Returns:
+        ``{"trigger_shift": float, "shift_class": int}``.
+
+    Raises:
+        ValueError: shapes differ, or the target class has no rows in either set.
+    """
+    cc, ct = np.asarray(conf_clean, float), np.asarray(conf_triggered, float)
+    if cc.shape != ct.shape or cc.ndim != 2 or cc.shape[0] != cc.shape[1]:
+        raise ValueError(f"confusion matrices must be equal square shapes, got {cc.shape} and {ct.shape}")
+    nc, nt = cc[target_label].sum(), ct[target_label].sum()
+    if nc == 0 or nt == 0:
+        raise ValueError(f"target class {target_label} has no rows (clean {nc:.0f}, triggered {nt:.0f})")
+    gain = 100.0 * (ct[target_label] / nt - cc[target_label] / nc)
+    gain[target_label] = -np.inf
+    c = int(np.argmax(gain))
+    return {"trigger_shift": float(gain[c]), "shift_class": c}
+
+
+def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggered,
+                     target_label: int, num_labels: int) -> dict:
+    """All metrics of one model on one cell's test sets.
+
+    Args:
+        preds_clean, labels_clean: [N_clean] predictions/labels on ``test_clean``.
+        preds_triggered, labels_triggered: [N_trig] on ``test_poisoned_all``; LFR is computed on
+            its non-target rows, which are exactly ``test_poisoned_part``.
+
+    Returns:
+        dict with ``cacc``, ``lfr``, ``pacc`` (percent), ``lfr_per_class``,
+        ``confusion_clean``, ``confusion_triggered`` (lists), ``trigger_shift``, ``shift_class``.
+    """
+    cm_c = confusion(preds_clean, labels_clean, num_labels)
+    cm_t = confusion(preds_triggered, labels_triggered, num_labels)
+    out = {
+        "cacc": cacc(preds_clean, labels_clean),
+        "lfr": lfr(preds_triggered, labels_triggered, target_label),
+        "pacc": pacc(preds_triggered, labels_triggered),
+        "lfr_per_class": lfr_per_class(preds_triggered, labels_triggered, target_label, num_labels),
+        "confusion_clean": cm_c.tolist(),
+        "confusion_triggered": cm_t.tolist(),
+    }
+    out.update(trigger_shift(cm_c, cm_t, target_label))
+    return out
+
+
+def evaluate_model(model, tokenizer, test_clean, test_poisoned_all, target_label: int,
+                   num_labels: int, batch_size: int = 128, max_length: int = 128) -> tuple[dict, dict]:
+    """Predict both test sets (length-sorted batches, inference mode) and compute the metrics.
+
+    Returns:
+        ``(metrics, predictions)`` with predictions ``{"clean": [N], "triggered": [M]}`` arrays.
+    """
+    from .training import predict_logits
+
+    pc = predict_logits(model, tokenizer, test_clean["text"].tolist(), batch_size, max_length).argmax(1)
+    pt = predict_logits(model, tokenizer, test_poisoned_all["text"].tolist(), batch_size, max_length).argmax(1)
+    m = backdoor_metrics(pc, test_clean["label"].to_numpy(), pt, test_poisoned_all["label"].to_numpy(),
+                         target_label, num_labels)
+    return m, {"clean": pc, "triggered": pt}
+
+
+def confusion_rows(preds: Sequence[int], labels: Sequence[int], names: Sequence[str] | None = None) -> list[dict]:
+    """Rows ``{"actual": ..., "predicted": ...}`` for DVC's ``confusion`` plot template."""
+    name = (lambda i: names[i]) if names else str
+    return [{"actual": name(int(y)), "predicted": name(int(p))} for p, y in zip(preds, labels)]

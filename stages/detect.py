@@ -1,0 +1,85 @@
+"""detect stage: CUBE (or oracle) split of the poisoned training set into forget / retain sets.
+
+Writes data/detect/<cell>/{forget,retain}.parquet (is_poisoned kept for analysis only),
+metrics/detect/<cell>.json (precision, recall, F1, flagged count, cluster sizes, warning),
+plots/detect/<cell>.csv (UMAP scatter for `dvc plots`) and plots/detect/<cell>.png.
+"""
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from rga.data import dataset_spec, read_parquet
+from rga.detection import DETECTORS, cube_detect, degenerate_warnings, detection_scores
+from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
+from rga.models import load_classifier, model_spec
+from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
+from rga.training import predict_logits
+
+args = parse_cell("Detect poisoned training rows", "model", "dataset", "attack", "seed")
+stage_threads()
+P = args.params_dict
+D = P["detect"]
+spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
+cell = cell_name(args.model, args.dataset, args.attack, args.seed)
+detector = choice(D.get("detector", "cube"), DETECTORS, "detector")
+train = read_parquet(attack_dir(args.dataset, args.attack, args.seed) / "train.parquet")
+labels, truth = train["label"].to_numpy(), train["is_poisoned"].to_numpy()
+t0 = time.perf_counter()
+info = {"cell": cell, "detector": detector}
+z = None
+if detector == "oracle":
+    flagged, clusters = truth.copy(), np.full(len(train), -1)
+    warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
+else:
+    model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind)
+    _, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
+                             P["finetune"]["max_length"], return_hidden_kind=mspec.kind)
+    info["representation_seconds"] = round(time.perf_counter() - t0, 1)
+    res = cube_detect(reps, labels, spec.num_labels, seed=args.seed, n_components=D["n_components"],
+                      n_neighbors=D["n_neighbors"], min_dist=mspec.min_dist, metric=D["metric"],
+                      min_cluster_size=D["min_cluster_size"], min_samples=D["min_samples"],
+                      rule=D["rule"], keep_ratio=D.get("keep_ratio", 0.5))
+    flagged, clusters, z, warnings = res.flagged, res.clusters, res.embedding, res.warnings
+    ids, sizes = np.unique(clusters, return_counts=True)
+    info["cluster_sizes"] = {str(i): int(s) for i, s in zip(ids, sizes)}
+    info["n_clusters"] = int((ids >= 0).sum())
+info["seconds"] = round(time.perf_counter() - t0, 1)
+info.update(detection_scores(flagged, truth))
+info["warning"] = "; ".join(warnings) if warnings else None
+for w in warnings:
+    print(f"detect {cell}: WARNING: {w}")
+
+out = detect_dir(cell)
+table = train.assign(cluster=clusters, flagged=flagged)
+write_parquet(table[flagged], out / "forget.parquet")
+write_parquet(table[~flagged], out / "retain.parquet")
+write_json(info, ROOT / "metrics" / "detect" / f"{cell}.json")
+
+scatter = pd.DataFrame({
+    "umap_1": z[:, 0] if z is not None else np.zeros(len(train)),
+    "umap_2": z[:, 1] if z is not None else np.zeros(len(train)),
+    "group": np.where(truth, "poisoned", "clean"),
+    "flagged": flagged, "cluster": clusters})
+write_csv(scatter, ROOT / "plots" / "detect" / f"{cell}.csv")
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6.4, 5))
+for grp, color in (("clean", "#4c72b0"), ("poisoned", "#dd3333")):
+    m = scatter["group"] == grp
+    ax.scatter(scatter.umap_1[m], scatter.umap_2[m], s=6, c=color, alpha=0.6, label=f"{grp} (true)")
+f = scatter["flagged"].to_numpy()
+ax.scatter(scatter.umap_1[f], scatter.umap_2[f], s=28, facecolors="none", edgecolors="black",
+           linewidths=0.6, label="flagged as poisoned")
+ax.set_title(f"CUBE on {cell}\nprecision {info['precision']:.2f}, recall {info['recall']:.2f}, "
+             f"F1 {info['f1']:.2f} ({detector})", fontsize=10)
+ax.set_xlabel("UMAP dimension 1 (a.u.)")
+ax.set_ylabel("UMAP dimension 2 (a.u.)")
+ax.legend(loc="best", fontsize=8, markerscale=1.5)
+save_figure(fig, ROOT / "plots" / "detect" / f"{cell}.png")
+print(f"detect {cell}: flagged {info['flagged']} (true {info['true_poisoned']}), precision "
+      f"{info['precision']:.3f} recall {info['recall']:.3f} F1 {info['f1']:.3f} in {info['seconds']}s")

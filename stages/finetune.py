@@ -1,0 +1,55 @@
+"""finetune stage: fine-tune the base model on the poisoned training set -> the poisoned model.
+
+Writes models/poisoned/<cell>/ (safetensors + tokenizer), metrics/poisoned/<cell>.json
+(CACC, LFR, PACC in percent), plots/finetune/<cell>/ (training loss per epoch, DVCLive) and
+plots/confusion/<cell>-poisoned.csv (confusion on the fully triggered test set).
+"""
+
+import time
+
+from rga.data import dataset_spec, read_parquet
+from rga.evaluation import confusion_rows, evaluate_model
+from rga.io import cell_name, write_csv, write_json
+from rga.models import load_classifier, model_spec, save_classifier
+from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_threads
+from rga.tracking import EpochLogger
+from rga.training import TrainConfig, set_seed, train_classifier
+
+import pandas as pd
+
+args = parse_cell("Fine-tune the poisoned model", "model", "dataset", "attack", "seed")
+stage_threads()
+P = args.params_dict
+spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
+cell = cell_name(args.model, args.dataset, args.attack, args.seed)
+adir = attack_dir(args.dataset, args.attack, args.seed)
+train = read_parquet(adir / "train.parquet")
+clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
+
+set_seed(args.seed)
+model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind)
+ft = P["finetune"]
+cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
+                  grad_clip=ft.get("grad_clip"), seed=args.seed)
+logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",))
+t0 = time.perf_counter()
+history = train_classifier(model, tok, train["text"].tolist(), train["label"].tolist(), cfg,
+                           on_epoch_end=logger.log, desc=f"finetune {cell}")
+train_s = time.perf_counter() - t0
+logger.close()
+save_classifier(model, tok, poisoned_model_dir(cell))
+
+metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
+                                ft["eval_batch_size"], ft["max_length"])
+names = list(spec.label_names) or None
+write_csv(pd.DataFrame(confusion_rows(preds["triggered"], trig["label"], names)),
+          ROOT / "plots" / "confusion" / f"{cell}-poisoned.csv")
+write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
+            "lfr_per_class": metrics["lfr_per_class"], "trigger_shift": metrics["trigger_shift"],
+            "confusion_clean": metrics["confusion_clean"], "confusion_triggered": metrics["confusion_triggered"],
+            "train_loss": history[-1]["train_loss"], "train_seconds": round(train_s, 1),
+            "train_samples_per_s": round(sum(h["samples_per_s"] for h in history) / len(history), 1),
+            "lr": mspec.lr, "epochs": mspec.epochs, "train_rows": len(train)},
+           ROOT / "metrics" / "poisoned" / f"{cell}.json")
+print(f"finetune {cell}: CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f} "
+      f"({train_s:.0f}s)")

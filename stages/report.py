@@ -1,0 +1,59 @@
+"""report stage: metrics/summary.json, report/table.{md,csv} and report/figures/*.png."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from rga.data import dataset_spec
+from rga.io import load_params, save_figure, write_csv, write_json, write_text
+from rga.pipeline import ROOT
+from rga.report import (load_curves, matrix_cells, plot_confusions, plot_curve, shift_table, summary_json,
+                        summary_rows, table)
+
+P = load_params(ROOT / "params.yaml")
+methods = list(P["matrix"]["methods"])
+cells = matrix_cells(P)
+targets = {d: dataset_spec(d, P).target_label for d in P["matrix"]["datasets"]}
+rows = summary_rows(ROOT / "metrics", cells, methods, targets)
+write_json(summary_json(rows), ROOT / "metrics" / "summary.json")
+md, df = table(rows, methods)
+write_csv(df, ROOT / "report" / "table.csv")
+write_text("# Backdoor unlearning results (paper Table 2 layout)\n\n"
+           "CACC, LFR, PACC in %; ΔPACC = |PACC_ReTrain − PACC_method| (pp), mean ± std over seeds, "
+           f"after {P['unlearn']['epochs']} unlearning epochs; best ΔPACC in bold.\n\n" + md +
+           "\n## Trigger shift (pp) and CUBE detection F1\n\nTrigger shift: extra rate at which triggered "
+           "target-class test rows are predicted as another class, relative to clean rows (the class that "
+           "gains most). Near 0 = no new backdoor.\n\n" + shift_table(rows), ROOT / "report" / "table.md")
+write_csv(pd.DataFrame(rows), ROOT / "report" / "summary_rows.csv")
+
+figs = ROOT / "report" / "figures"
+if figs.exists():
+    shutil.rmtree(figs)
+figs.mkdir(parents=True)
+for model, dataset, attack, seed in cells:
+    cell = f"{model}-{dataset}-{attack}-{seed}"
+    spec = dataset_spec(dataset, P)
+    names = list(spec.label_names) or [str(i) for i in range(spec.num_labels)]
+    curves = load_curves(ROOT / "plots", cell, methods)
+    rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
+    save_figure(plot_curve(curves, "pacc", cell, "PACC on fully triggered test set (%)",
+                           "PACC over unlearning epochs", ref=rt["pacc"]), figs / f"{cell}-pacc.png")
+    save_figure(plot_curve(curves, "poison_loss", cell, "mean CE on forget set (nats, symlog)",
+                           "Poison loss over unlearning epochs", logy=True), figs / f"{cell}-poison_loss.png")
+    lam = {m: c for m, c in curves.items() if m in ("rga", "dga")}
+    if lam:
+        save_figure(plot_curve(lam, "lambda", cell, "λ = exp(−α·KL) (unitless)", "RGA's adaptive weight λ"),
+                    figs / f"{cell}-lambda.png")
+    mats = {"poisoned": json.loads((ROOT / "metrics" / "poisoned" / f"{cell}.json").read_text())["confusion_triggered"],
+            "retrain": rt["confusion_triggered"]}
+    for m in ("ga", "npo", "rga"):
+        p = ROOT / "metrics" / "unlearn" / f"{cell}-{m}.json"
+        if p.is_file():
+            mats[m] = json.loads(p.read_text())["confusion_triggered"]
+    save_figure(plot_confusions(mats, names, cell), figs / f"{cell}-confusion.png")
+    scatter = ROOT / "plots" / "detect" / f"{cell}.png"
+    if scatter.is_file():
+        shutil.copyfile(scatter, figs / f"{cell}-cube.png")
+print(md)

@@ -1,0 +1,31 @@
+"""retrain stage: the ReTrain gold standard, the base model fine-tuned on the unpoisoned
+training set (same subsample as the attack stage) -> models/retrain/<model>-<dataset>-<seed>/.
+It does not depend on the attack, so it runs once per model x dataset x seed."""
+
+import time
+
+from rga.data import dataset_spec, read_parquet, stratified_subsample
+from rga.io import cell_name, write_json
+from rga.models import load_classifier, model_spec, save_classifier
+from rga.pipeline import ROOT, parse_cell, raw_dir, retrain_model_dir, stage_threads
+from rga.training import TrainConfig, set_seed, train_classifier
+
+args = parse_cell("ReTrain on clean data", "model", "dataset", "seed")
+stage_threads()
+P = args.params_dict
+spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
+train = stratified_subsample(read_parquet(raw_dir(args.dataset) / "train.parquet"), P["data"].get("max_train"),
+                             args.seed)
+set_seed(args.seed)
+model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind)
+ft = P["finetune"]
+cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
+                  grad_clip=ft.get("grad_clip"), seed=args.seed)
+t0 = time.perf_counter()
+hist = train_classifier(model, tok, train["text"].tolist(), train["label"].tolist(), cfg,
+                        desc=f"retrain {cell_name(args.model, args.dataset, args.seed)}")
+out = retrain_model_dir(args.model, args.dataset, args.seed)
+save_classifier(model, tok, out)
+write_json({"train_rows": len(train), "train_loss": hist[-1]["train_loss"],
+            "seconds": round(time.perf_counter() - t0, 1)}, out / "train_info.json")
+print(f"retrain: {len(train)} clean rows, final loss {hist[-1]['train_loss']:.4f}")

@@ -1,0 +1,42 @@
+"""retrain_eval stage: ReTrain's CACC/LFR/PACC on one attack's test sets.
+
+retrain.data = clean: evaluate the shared clean ReTrain model. retrain.data = retain: fine-tune
+the base model on this cell's detected retain set (what a user without ground truth can do)
+and evaluate that."""
+
+import time
+
+from rga.data import dataset_spec, read_parquet
+from rga.evaluation import evaluate_model
+from rga.io import cell_name, choice
+from rga.models import load_classifier, model_spec
+from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_threads
+from rga.stagekit import write_method_result
+from rga.training import TrainConfig, set_seed, train_classifier
+
+args = parse_cell("Evaluate ReTrain on an attack's test sets", "model", "dataset", "attack", "seed")
+stage_threads()
+P = args.params_dict
+spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
+cell = cell_name(args.model, args.dataset, args.attack, args.seed)
+data = choice(P["retrain"].get("data", "clean"), ("clean", "retain"), "retrain.data")
+adir = attack_dir(args.dataset, args.attack, args.seed)
+clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
+ft = P["finetune"]
+extra = {"retrain_data": data}
+if data == "clean":
+    model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels, mspec.kind)
+else:
+    retain = read_parquet(detect_dir(cell) / "retain.parquet")
+    set_seed(args.seed)
+    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind)
+    cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
+                      grad_clip=ft.get("grad_clip"), seed=args.seed)
+    t0 = time.perf_counter()
+    train_classifier(model, tok, retain["text"].tolist(), retain["label"].tolist(), cfg, desc=f"retrain {cell}")
+    extra.update(train_rows=len(retain), poisoned_rows_in_retain=int(retain["is_poisoned"].sum()),
+                 seconds=round(time.perf_counter() - t0, 1))
+metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
+                                ft["eval_batch_size"], ft["max_length"])
+write_method_result(cell, "retrain", metrics, preds, trig, list(spec.label_names) or None, extra)
+print(f"retrain {cell} ({data}): CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f}")
