@@ -34,13 +34,15 @@ if detector == "oracle":
     warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
 else:
     model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind)
-    _, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
+    logits, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
                              P["finetune"]["max_length"], return_hidden_kind=mspec.kind)
     info["representation_seconds"] = round(time.perf_counter() - t0, 1)
     res = cube_detect(reps, labels, spec.num_labels, seed=args.seed, n_components=D["n_components"],
                       n_neighbors=D["n_neighbors"], min_dist=mspec.min_dist, metric=D["metric"],
                       min_cluster_size=D["min_cluster_size"], min_samples=D["min_samples"],
-                      rule=D["rule"], keep_ratio=D.get("keep_ratio", 0.5))
+                      rule=D["rule"], keep_ratio=D.get("keep_ratio", 0.5),
+                      predictions=logits.argmax(1) if D.get("fit_filter", True) else None)
+    info["training_accuracy"] = round(float((logits.argmax(1) == labels).mean() * 100), 2)
     flagged, clusters, z, warnings = res.flagged, res.clusters, res.embedding, res.warnings
     ids, sizes = np.unique(clusters, return_counts=True)
     info["cluster_sizes"] = {str(i): int(s) for i, s in zip(ids, sizes)}

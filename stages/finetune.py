@@ -2,20 +2,19 @@
 
 Writes models/poisoned/<cell>/ (safetensors + tokenizer), metrics/poisoned/<cell>.json
 (CACC, LFR, PACC in percent), plots/finetune/<cell>/ (training loss per epoch, DVCLive) and
-plots/confusion/<cell>-poisoned.csv (confusion on the fully triggered test set).
+plots/confusion/<cell>-poisoned.json (confusion on the fully triggered test set).
 """
 
 import time
 
 from rga.data import dataset_spec, read_parquet
 from rga.evaluation import confusion_rows, evaluate_model
-from rga.io import cell_name, write_csv, write_json
+from rga.io import cell_name, write_json
 from rga.models import load_classifier, model_spec, save_classifier
 from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.tracking import EpochLogger
 from rga.training import TrainConfig, set_seed, train_classifier
 
-import pandas as pd
 
 args = parse_cell("Fine-tune the poisoned model", "model", "dataset", "attack", "seed")
 stage_threads()
@@ -42,8 +41,8 @@ save_classifier(model, tok, poisoned_model_dir(cell))
 metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                                 ft["eval_batch_size"], ft["max_length"])
 names = list(spec.label_names) or None
-write_csv(pd.DataFrame(confusion_rows(preds["triggered"], trig["label"], names)),
-          ROOT / "plots" / "confusion" / f"{cell}-poisoned.csv")
+write_json(confusion_rows(preds["triggered"], trig["label"], names),
+           ROOT / "plots" / "confusion" / f"{cell}-poisoned.json")
 write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
             "lfr_per_class": metrics["lfr_per_class"], "trigger_shift": metrics["trigger_shift"],
             "confusion_clean": metrics["confusion_clean"], "confusion_triggered": metrics["confusion_triggered"],

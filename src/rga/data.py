@@ -147,6 +147,7 @@ def read_paraphrases(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _dedup(df: pd.DataFrame) -> pd.DataFrame:
+    df = df[df["text"].notna()]
     df = df.assign(text=df["text"].astype(str).str.strip())
     df = df[df["text"] != ""]
     return df.drop_duplicates(["text", "label"], keep="first").reset_index(drop=True)

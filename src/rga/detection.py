@@ -115,6 +115,20 @@ def filter_clusters(clusters: np.ndarray, labels: np.ndarray, num_labels: int,
     return flagged
 
 
+def apply_fit_filter(flagged: np.ndarray, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Keep flagged only rows the poisoned model predicts as their training label.
+
+    Args:
+        flagged: [N] bool from :func:`filter_clusters`.
+        predictions: [N] int, the poisoned model's predicted labels on the training rows.
+        labels: [N] int, the training labels.
+
+    Returns:
+        [N] bool, ``flagged & (predictions == labels)``.
+    """
+    return np.asarray(flagged, bool) & (np.asarray(predictions) == np.asarray(labels))
+
+
 def degenerate_warnings(clusters: np.ndarray, flagged: np.ndarray, num_labels: int) -> list[str]:
     """Warnings for the failure modes: fewer clusters than classes, nothing flagged, or more
     than half of the rows flagged."""
@@ -133,10 +147,13 @@ def degenerate_warnings(clusters: np.ndarray, flagged: np.ndarray, num_labels: i
 def cube_detect(representations: np.ndarray, labels: np.ndarray, num_labels: int, *, seed: int = 0,
                 n_components: int = 4, n_neighbors: int = 100, min_dist: float = 0.25,
                 metric: str = "cosine", min_cluster_size: float = 150, min_samples: float = 120,
-                rule: str = "label_relative", keep_ratio: float = 0.5) -> DetectionResult:
+                rule: str = "label_relative", keep_ratio: float = 0.5,
+                predictions: np.ndarray | None = None) -> DetectionResult:
     """Run CUBE steps 2-3 on representations [N, H] with training labels [N].
 
-    HDBSCAN sizes below 1 are fractions of N (for subsampled runs). UMAP runs once.
+    HDBSCAN sizes below 1 are fractions of N (for subsampled runs). UMAP runs once. With
+    ``predictions`` ([N] labels predicted by the poisoned model) the fit filter (step 4 of the
+    module docstring) is applied after the rule.
     """
     n = len(representations)
     z = reduce_umap(representations, n_components, n_neighbors, min_dist, metric, seed)
@@ -144,6 +161,8 @@ def cube_detect(representations: np.ndarray, labels: np.ndarray, num_labels: int
     ms = resolve_size(min_samples, n, "min_samples")
     clusters = cluster_hdbscan(z, mcs, ms)
     flagged = filter_clusters(clusters, labels, num_labels, rule, keep_ratio)
+    if predictions is not None:
+        flagged = apply_fit_filter(flagged, predictions, labels)
     return DetectionResult(flagged, clusters, z, degenerate_warnings(clusters, flagged, num_labels))
 
 

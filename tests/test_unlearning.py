@@ -1,0 +1,506 @@
+"""Unlearning objectives (GA, NPO, RGA, DGA) and the shared unlearning loop."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rga.unlearning as U
+from rga.training import NonFiniteLossError, encode_batch, predict_logits
+from rga.unlearning import (
+    KL_DIRECTIONS,
+    METHODS,
+    Batch,
+    UnlearnConfig,
+    count_epoch_rows,
+    dga_loss,
+    ga_loss,
+    make_objective,
+    npo_loss,
+    param_distance,
+    rga_loss,
+    rga_weight,
+    unlearn,
+)
+
+# ----------------------------------------------------------------------------- data helpers
+
+
+def insert_trigger(text: str, word: str = "mn") -> str:
+    words = text.split()
+    words.insert(len(words) // 2, word)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def sets(mirror):
+    """20 forget rows (real SST-2 text with "mn" inserted, label 1) and 40 retain rows."""
+    df = pd.read_csv(mirror / "sst2" / "train.csv", keep_default_na=False).head(80)
+    forget = [insert_trigger(t) for t in df.text[:20]]
+    retain = df.iloc[20:60]
+    return forget, [1] * 20, retain.text.tolist(), retain.label.astype(int).tolist()
+
+
+def logsoftmax_row(z):
+    m = max(z)
+    lse = m + math.log(sum(math.exp(v - m) for v in z))
+    return [v - lse for v in z]
+
+
+def ce(logits, labels):
+    return -sum(logsoftmax_row(z)[y] for z, y in zip(logits, labels)) / len(labels)
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def softmax_row(z):
+    return [math.exp(v) for v in logsoftmax_row(z)]
+
+
+# ----------------------------------------------------------------------------- gradient signs
+
+
+def _model_batches(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=0)  # eval mode: no dropout, so the before/after CE is comparable
+    fb = encode_batch(tokenizer, forget[:8], 64, "cpu")
+    rb = encode_batch(tokenizer, retain[:8], 64, "cpu")
+    yf_t = torch.tensor(yf[:8])
+    yr_t = torch.tensor(yr[:8])
+    with torch.no_grad():
+        ref = model(**fb).logits.float().clone()
+    return model, fb, rb, yf_t, yr_t, ref
+
+
+def _forget_ce(model, fb, yf):
+    with torch.no_grad():
+        return F.cross_entropy(model(**fb).logits.float(), yf).item()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_sgd_step_raises_forget_ce(tiny_bert_factory, tokenizer, sets, method):
+    model, fb, rb, yf, yr, ref = _model_batches(tiny_bert_factory, tokenizer, sets)
+    base = [p.detach().clone() for p in model.parameters()]
+    objective = make_objective(method, {"beta": 1.0, "alpha": 2.0}, list(model.parameters()), base)
+    before = _forget_ce(model, fb, yf)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref)
+    loss, logs = objective(b)
+    assert logs["forget_ce"] == pytest.approx(before, rel=1e-5)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = _forget_ce(model, fb, yf)
+    assert after > before, (method, before, after)
+
+
+def test_descent_on_forget_ce_lowers_it_control(tiny_bert_factory, tokenizer, sets):
+    """Control for the test above: the same step on CE(retain) + CE(forget) lowers the forget CE,
+    so the measurement distinguishes ascent from descent."""
+    model, fb, rb, yf, yr, _ = _model_batches(tiny_bert_factory, tokenizer, sets)
+    before = _forget_ce(model, fb, yf)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss = F.cross_entropy(model(**fb).logits, yf) + F.cross_entropy(model(**rb).logits, yr)
+    loss.backward()
+    opt.step()
+    assert _forget_ce(model, fb, yf) < before
+
+
+def test_ga_logit_gradient_matches_equation():
+    zf = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5]], requires_grad=True)
+    zr = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    yf, yr = torch.tensor([1, 1, 0]), torch.tensor([0, 1])
+    loss, logs = ga_loss(Batch(zf, yf, zr, yr))
+    assert loss.item() == pytest.approx(ce(zr.tolist(), yr.tolist()) - ce(zf.tolist(), yf.tolist()), abs=1e-6)
+    loss.backward()
+    pf, pr = torch.softmax(zf.detach(), -1), torch.softmax(zr.detach(), -1)
+    onehot_f, onehot_r = F.one_hot(yf, 2).float(), F.one_hot(yr, 2).float()
+    # d(-CE_f)/dz = (onehot - p)/B: the forget label's logit gets a positive gradient (pushed down)
+    torch.testing.assert_close(zf.grad, (onehot_f - pf) / 3)
+    torch.testing.assert_close(zr.grad, (pr - onehot_r) / 2)
+    assert (zf.grad.gather(1, yf[:, None]) > 0).all()
+
+
+def test_npo_logit_gradient_matches_equation():
+    zf = torch.tensor([[2.0, -1.0], [0.3, 0.1]], requires_grad=True)
+    ref = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    zr = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    yf, yr = torch.tensor([0, 1]), torch.tensor([0])
+    beta = 2.0
+    loss, _ = npo_loss(Batch(zf, yf, zr, yr, ref), beta=beta)
+    loss.backward()
+    lp = F.log_softmax(zf.detach(), -1).gather(1, yf[:, None]).squeeze(1)
+    lr_ = F.log_softmax(ref, -1).gather(1, yf[:, None]).squeeze(1)
+    w = 2 * torch.sigmoid(beta * (lp - lr_))  # dL/d(log p) per row, > 0
+    expected = w[:, None] * (F.one_hot(yf, 2).float() - torch.softmax(zf.detach(), -1)) / 2
+    torch.testing.assert_close(zf.grad, expected)
+    assert (zf.grad.gather(1, yf[:, None]) > 0).all()
+
+
+def test_rga_logit_gradient_is_lambda_scaled_ga():
+    zf = torch.tensor([[2.0, -1.0], [0.3, 0.1]], requires_grad=True)
+    ref = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    zr = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    yf, yr = torch.tensor([0, 1]), torch.tensor([0])
+    loss, logs = rga_loss(Batch(zf, yf, zr, yr, ref), alpha=2.0, beta=0.0)
+    loss.backward()
+    lam = logs["lambda"]
+    assert 0 < lam < 1
+    expected = lam * (F.one_hot(yf, 2).float() - torch.softmax(zf.detach(), -1)) / 2
+    torch.testing.assert_close(zf.grad, expected)
+
+
+# ----------------------------------------------------------------------------- NPO values
+
+ZF = [[2.0, 0.0], [0.5, 1.5], [-1.0, 0.25]]
+REF = [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+YF = [1, 1, 0]
+ZR = [[1.0, 0.0], [0.0, 2.0]]
+YR = [0, 1]
+
+
+def npo_by_hand(zf, ref, yf, zr, yr, beta):
+    terms = []
+    for z, r, y in zip(zf, ref, yf):
+        d = logsoftmax_row(z)[y] - logsoftmax_row(r)[y]
+        terms.append(-(2.0 / beta) * log_sigmoid(-beta * d))
+    return sum(terms) / len(terms) + ce(zr, yr)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+def test_npo_loss_matches_hand_computation(beta):
+    b = Batch(torch.tensor(ZF), torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF))
+    loss, logs = npo_loss(b, beta=beta)
+    assert loss.item() == pytest.approx(npo_by_hand(ZF, REF, YF, ZR, YR, beta), abs=1e-6)
+    assert logs["retain_ce"] == pytest.approx(ce(ZR, YR), abs=1e-6)
+    assert logs["forget_ce"] == pytest.approx(ce(ZF, YF), abs=1e-6)
+    assert logs["npo_forget"] == pytest.approx(npo_by_hand(ZF, REF, YF, ZR, YR, beta) - ce(ZR, YR), abs=1e-6)
+
+
+def test_npo_loss_explicit_numbers_beta1():
+    # one row: z = [0, 0] (log p = log 1/2), ref = [0, log 3] (log p_ref(y=1) = log 3/4)
+    # d = log(1/2) - log(3/4) = log(2/3); forget term = -2 log sigmoid(-d) = -2 log(1/(1 + 2/3)) = 2 log(5/3)
+    zf = torch.tensor([[0.0, 0.0]])
+    ref = torch.tensor([[0.0, math.log(3.0)]])
+    zr = torch.tensor([[0.0, 0.0]])  # CE(retain) = log 2
+    b = Batch(zf, torch.tensor([1]), zr, torch.tensor([0]), ref)
+    loss, _ = npo_loss(b, beta=1.0)
+    assert loss.item() == pytest.approx(2 * math.log(5 / 3) + math.log(2), abs=1e-6)
+    # beta = 2: forget term = -(2/2) log sigmoid(-2d) = log(1 + (2/3)^2) = log(13/9)
+    loss2, _ = npo_loss(b, beta=2.0)
+    assert loss2.item() == pytest.approx(math.log(13 / 9) + math.log(2), abs=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 0.5])
+def test_npo_loss_at_reference_is_retain_ce_plus_2_over_beta_log2(beta):
+    b = Batch(torch.tensor(ZF), torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(ZF))
+    loss, _ = npo_loss(b, beta=beta)
+    assert loss.item() == pytest.approx(ce(ZR, YR) + (2.0 / beta) * math.log(2.0), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- RGA weight
+
+
+@pytest.mark.parametrize("direction", KL_DIRECTIONS)
+def test_rga_weight_is_one_at_reference(direction):
+    z = torch.tensor(ZF)
+    lam, klv = rga_weight(z, z.clone(), alpha=2.0, kl_direction=direction)
+    assert lam.item() == pytest.approx(1.0, abs=1e-6)
+    assert klv.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("direction", KL_DIRECTIONS)
+def test_rga_weight_decreases_monotonically_as_logits_diverge(direction):
+    ref = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    lams, kls = [], []
+    for t in [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]:
+        cur = ref + t * torch.tensor([[-1.0, 1.0], [1.0, -1.0]])
+        lam, klv = rga_weight(cur, ref, alpha=2.0, kl_direction=direction)
+        lams.append(lam.item())
+        kls.append(klv.item())
+    assert lams[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(lams, lams[1:])), lams
+    assert all(a < b for a, b in zip(kls, kls[1:])), kls
+    assert all(0 < v <= 1 for v in lams)
+    for lam, klv in zip(lams, kls):
+        assert lam == pytest.approx(math.exp(-2.0 * klv), rel=1e-6)
+
+
+def test_rga_weight_kl_directions_differ_and_match_hand_computation():
+    # p_ref = [0.9, 0.1], p_cur = [0.5, 0.5]
+    ref = torch.tensor([[math.log(9.0), 0.0]])
+    cur = torch.tensor([[0.0, 0.0]])
+    lam_pc, kl_pc = rga_weight(cur, ref, alpha=2.0, kl_direction="poisoned_current")
+    lam_cp, kl_cp = rga_weight(cur, ref, alpha=2.0, kl_direction="current_poisoned")
+    kl_ref_cur = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # KL(p_poisoned || p_theta) ~ 0.368
+    kl_cur_ref = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)  # KL(p_theta || p_poisoned) ~ 0.511
+    assert kl_pc.item() == pytest.approx(kl_ref_cur, abs=1e-6)
+    assert kl_cp.item() == pytest.approx(kl_cur_ref, abs=1e-6)
+    assert lam_pc.item() == pytest.approx(math.exp(-2 * kl_ref_cur), abs=1e-6)
+    assert lam_cp.item() == pytest.approx(math.exp(-2 * kl_cur_ref), abs=1e-6)
+    assert abs(kl_pc.item() - kl_cp.item()) > 0.1
+    assert lam_pc.item() > lam_cp.item()
+
+
+def test_rga_weight_kl_is_batch_mean():
+    cur = torch.tensor([[0.3, -0.2, 1.0], [2.0, 0.0, -1.0]])
+    ref = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    rows = [kl(softmax_row(r), softmax_row(c)) for r, c in zip(ref.tolist(), cur.tolist())]
+    _, klv = rga_weight(cur, ref, alpha=1.0, kl_direction="poisoned_current")
+    assert klv.item() == pytest.approx(sum(rows) / 2, abs=1e-6)
+    rows_cp = [kl(softmax_row(c), softmax_row(r)) for r, c in zip(ref.tolist(), cur.tolist())]
+    _, klv2 = rga_weight(cur, ref, alpha=1.0, kl_direction="current_poisoned")
+    assert klv2.item() == pytest.approx(sum(rows_cp) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("direction", KL_DIRECTIONS)
+def test_rga_weight_alpha_zero_is_plain_ga(direction):
+    cur = torch.tensor([[5.0, -5.0]])
+    ref = torch.tensor([[-5.0, 5.0]])
+    lam, klv = rga_weight(cur, ref, alpha=0.0, kl_direction=direction)
+    assert klv.item() > 5
+    assert lam.item() == 1.0
+
+
+def test_rga_weight_has_no_gradient_and_rejects_unknown_direction():
+    cur = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    lam, klv = rga_weight(cur, torch.zeros(1, 2), alpha=2.0)
+    assert not lam.requires_grad and not klv.requires_grad
+    with pytest.raises(ValueError) as e:
+        rga_weight(cur, torch.zeros(1, 2), alpha=2.0, kl_direction="sideways")
+    for d in KL_DIRECTIONS:
+        assert d in str(e.value)
+
+
+# ----------------------------------------------------------------------------- norm term
+
+
+def test_param_distance_zero_at_base_with_finite_gradient():
+    params = [torch.tensor([1.0, 2.0, 3.0], requires_grad=True),
+              torch.tensor([[0.5, -0.5], [1.0, 2.0]], requires_grad=True)]
+    base = [p.detach().clone() for p in params]
+    d = param_distance(params, base)
+    assert d.item() == 0.0
+    d.backward()
+    for p in params:
+        assert p.grad is not None
+        assert torch.isfinite(p.grad).all()
+
+
+def test_param_distance_is_sum_of_per_tensor_norms():
+    base = [torch.zeros(2), torch.ones(2, 2), torch.tensor([5.0])]
+    params = [torch.tensor([3.0, 4.0], requires_grad=True),          # ||.|| = 5
+              torch.tensor([[2.0, 1.0], [1.0, 3.0]], requires_grad=True),  # diff [1,0,0,2]: sqrt(5)
+              torch.tensor([5.0], requires_grad=True)]                  # 0
+    d = param_distance(params, base)
+    assert d.item() == pytest.approx(5.0 + math.sqrt(5.0), abs=1e-6)
+    # not the norm of the concatenation (sqrt(25 + 5)) and not squared
+    assert d.item() != pytest.approx(math.sqrt(30.0), abs=1e-3)
+    d.backward()
+    torch.testing.assert_close(params[0].grad, torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(params[1].grad, torch.tensor([[1.0, 0.0], [0.0, 2.0]]) / math.sqrt(5.0))
+
+
+def test_param_distance_empty_is_zero():
+    assert param_distance([], []).item() == 0.0
+
+
+def test_rga_loss_with_beta_zero_equals_dga():
+    zf = torch.tensor(ZF)
+    b = Batch(zf, torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF))
+    for direction in KL_DIRECTIONS:
+        l1, logs1 = rga_loss(b, alpha=2.0, beta=0.0, kl_direction=direction)
+        l2, logs2 = dga_loss(b, alpha=2.0, kl_direction=direction)
+        assert l1.item() == l2.item()
+        assert logs1 == logs2
+        assert "param_distance" not in logs1
+
+
+def test_rga_loss_value_by_hand():
+    b = Batch(torch.tensor(ZF), torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF))
+    params = [torch.tensor([3.0, 4.0], requires_grad=True)]
+    base = [torch.zeros(2)]
+    loss, logs = rga_loss(b, alpha=2.0, beta=0.05, params=params, base=base)
+    kl_mean = sum(kl(softmax_row(r), softmax_row(z)) for r, z in zip(REF, ZF)) / 3
+    lam = math.exp(-2.0 * kl_mean)
+    expected = -lam * ce(ZF, YF) + ce(ZR, YR) + 0.05 * 5.0
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert logs["lambda"] == pytest.approx(lam, abs=1e-6)
+    assert logs["kl"] == pytest.approx(kl_mean, abs=1e-6)
+    assert logs["param_distance"] == pytest.approx(5.0)
+
+
+def test_make_objective_unknown_method_lists_choices():
+    with pytest.raises(ValueError) as e:
+        make_objective("retrain", {})
+    for m in METHODS:
+        assert m in str(e.value)
+
+
+# ----------------------------------------------------------------------------- the unlearning loop
+
+
+def test_count_epoch_rows_is_all_ones():
+    for n, bs in [(20, 8), (37, 8), (1, 32), (500, 7)]:
+        counts = count_epoch_rows(n, bs, seed=3)
+        assert counts.shape == (n,)
+        assert (counts == 1).all()
+
+
+def _cheap_eval():
+    calls = {"n": 0}
+
+    def evaluate():
+        calls["n"] += 1
+        return {"cacc": 50.0 + calls["n"], "pacc": 10.0}
+
+    return evaluate, calls
+
+
+def test_unlearn_visits_every_forget_row_once_per_epoch(tiny_bert_factory, tokenizer, sets, monkeypatch):
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=1)
+    calls: list[list[str]] = []
+    real = U.encode_batch
+
+    def recording(tok, texts, max_length, device):
+        calls.append(list(texts))
+        return real(tok, texts, max_length, device)
+
+    monkeypatch.setattr(U, "encode_batch", recording)
+    boundaries = []
+    evaluate, n_eval = _cheap_eval()
+    cfg = UnlearnConfig(epochs=2, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+    history = unlearn(model, tokenizer, forget, yf, retain, yr, "ga", cfg, evaluate=evaluate,
+                      on_epoch_end=lambda e, r: boundaries.append((e, len(calls))), progress=False)
+    assert [e for e, _ in boundaries] == [0, 1, 2]
+    assert boundaries[0][1] == 0
+    retain_set = set(retain)
+    for (_, start), (_, end) in zip(boundaries, boundaries[1:]):
+        epoch_calls = calls[start:end]
+        forget_batches, retain_batches = epoch_calls[0::2], epoch_calls[1::2]
+        assert len(forget_batches) == 3  # ceil(20 / 8)
+        assert sorted(len(b) for b in forget_batches) == [4, 8, 8]
+        assert Counter(t for b in forget_batches for t in b) == Counter(forget)
+        for rb in retain_batches:
+            assert len(rb) == 8 and set(rb) <= retain_set
+    # history: epoch 0 and two epochs, evaluated each time (eval_every = 1)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert n_eval["n"] == 3
+    assert [h["cacc"] for h in history] == [51.0, 52.0, 53.0]
+    assert all(h["poison_loss"] > 0 and h["retain_loss"] > 0 for h in history[1:])
+    assert "lambda" not in history[1]
+
+
+def test_unlearn_eval_schedule(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=2)
+    evaluate, n_eval = _cheap_eval()
+    cfg = UnlearnConfig(epochs=3, lr=1e-4, batch_size=8, max_length=64, eval_every=5, record_epochs=(2,), seed=0)
+    ref = predict_logits(model, tokenizer, forget, 32, 64)
+    history = unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, "dga", cfg, {"alpha": 2.0},
+                      ref_forget_logits=ref[:8], evaluate=evaluate, progress=False)
+    # evaluated at 0, at the record epoch 2 and at the last epoch 3; not at 1
+    assert ["cacc" in h for h in history] == [True, False, True, True]
+    assert history[0]["lambda"] == 1.0
+    assert history[0]["poison_loss"] == pytest.approx(F.cross_entropy(torch.tensor(ref[:8]),
+                                                                       torch.tensor(yf[:8])).item(), rel=1e-5)
+    for h in history[1:]:
+        assert 0 < h["lambda"] <= 1 and h["kl"] >= 0
+    assert not model.training
+
+
+def test_unlearn_rga_uses_base_state(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=3)
+    base_state = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("classifier")}
+    ref = predict_logits(model, tokenizer, forget, 32, 64)
+    cfg = UnlearnConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+    history = unlearn(model, tokenizer, forget, yf, retain, yr, "rga", cfg,
+                      {"alpha": 2.0, "beta": 0.05, "kl_direction": "current_poisoned"},
+                      ref_forget_logits=ref, base_state=base_state, progress=False)
+    assert history[1]["param_distance"] > 0
+    assert history[2]["param_distance"] > history[1]["param_distance"]
+    moved = sum(float((p.detach() - base_state[n]).norm()) for n, p in model.named_parameters() if n in base_state)
+    assert moved > 0
+
+
+def test_unlearn_nan_raises_after_logging_earlier_epochs(tiny_bert_factory, tokenizer, sets, tmp_path, monkeypatch):
+    from rga.tracking import EpochLogger
+
+    forget, yf, retain, yr = sets
+    monkeypatch.chdir(tmp_path)
+    model = tiny_bert_factory(seed=4)
+    ref = predict_logits(model, tokenizer, forget, 32, 64)
+    base_state = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("classifier")}
+    logger = EpochLogger(tmp_path / "plots" / "cellX-rga", ("pacc", "cacc", "poison_loss", "retain_loss", "lambda"))
+    seen = []
+
+    def on_epoch_end(epoch, rec):
+        seen.append(epoch)
+        logger.log(epoch, rec)
+
+    evaluate, _ = _cheap_eval()
+    cfg = UnlearnConfig(epochs=3, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+    with pytest.raises(NonFiniteLossError) as e:
+        unlearn(model, tokenizer, forget, yf, retain, yr, "rga", cfg, {"alpha": 2.0, "beta": 0.05},
+                ref_forget_logits=ref, base_state=base_state, evaluate=evaluate, on_epoch_end=on_epoch_end,
+                where="cellX-rga", progress=False, inject_nan_at_epoch=2)
+    logger.close()
+    msg = str(e.value)
+    assert "'rga'" in msg
+    assert "cellX-rga" in msg
+    assert "epoch 2" in msg
+    assert seen == [0, 1]
+    hist = pd.read_csv(tmp_path / "plots" / "cellX-rga" / "history.csv")
+    assert hist["epoch"].tolist() == [0, 1]
+    assert hist["cacc"].tolist() == [51.0, 52.0]
+    assert hist["lambda"].iloc[0] == 1.0 and 0 < hist["lambda"].iloc[1] <= 1
+
+
+@pytest.mark.parametrize("method", ["ga", "npo"])
+def test_unlearn_nan_names_each_method(tiny_bert_factory, tokenizer, sets, method):
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=5)
+    ref = predict_logits(model, tokenizer, forget[:8], 32, 64)
+    cfg = UnlearnConfig(epochs=2, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+    seen = []
+    with pytest.raises(NonFiniteLossError, match=rf"'{method}'.*cell c1.*epoch 1"):
+        unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, method, cfg, {"beta": 1.0},
+                ref_forget_logits=ref, on_epoch_end=lambda e, r: seen.append(e), where="c1",
+                progress=False, inject_nan_at_epoch=1)
+    assert seen == [0]
+
+
+def test_unlearn_unknown_method_lists_choices(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    with pytest.raises(ValueError) as e:
+        unlearn(tiny_bert_factory(), tokenizer, forget, yf, retain, yr, "sgd", UnlearnConfig(epochs=1))
+    assert "sgd" in str(e.value)
+    for m in METHODS:
+        assert m in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["rga", "npo", "dga"])
+def test_unlearn_needs_reference_logits(tiny_bert_factory, tokenizer, sets, method):
+    forget, yf, retain, yr = sets
+    with pytest.raises(ValueError, match="reference logits"):
+        unlearn(tiny_bert_factory(), tokenizer, forget, yf, retain, yr, method, UnlearnConfig(epochs=1))
+
+
+def test_unlearn_empty_forget_set_raises(tiny_bert_factory, tokenizer, sets):
+    _, _, retain, yr = sets
+    with pytest.raises(ValueError, match="cellE: empty forget set"):
+        unlearn(tiny_bert_factory(), tokenizer, [], [], retain, yr, "ga", UnlearnConfig(epochs=1), where="cellE")
