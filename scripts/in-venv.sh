@@ -19,6 +19,11 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
   echo "$WANT" > "$STAMP"
 fi
+# A relative data mirror is taken relative to where the command was started.
+if [ -n "${RGA_DATA_MIRROR:-}" ] && [ "${RGA_DATA_MIRROR#/}" = "$RGA_DATA_MIRROR" ]; then
+  RGA_DATA_MIRROR="$(cd "$RGA_DATA_MIRROR" 2>/dev/null && pwd || echo "$PWD/$RGA_DATA_MIRROR")"
+  export RGA_DATA_MIRROR
+fi
 export PATH="$VENV/bin:$PATH"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
 cd "$ROOT"
