@@ -14,7 +14,8 @@ fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[rga] installing dependencies (torch==2.13.0 CPU build first, then the rga package)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  # torch first and pinned: a bare 'torch' would pull a multi-GB CUDA build.
+  # torch first and pinned: on this kind of machine pip takes the CPU build of 2.13.0 from the
+  # local wheel store; a bare 'torch' would pull a multi-GB CUDA build from PyPI.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
   echo "$WANT" > "$STAMP"
@@ -25,6 +26,6 @@ if [ -n "${RGA_DATA_MIRROR:-}" ] && [ "${RGA_DATA_MIRROR#/}" = "$RGA_DATA_MIRROR
   export RGA_DATA_MIRROR
 fi
 export PATH="$VENV/bin:$PATH"
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
+export TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
 cd "$ROOT"
 exec "$@"

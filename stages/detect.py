@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rga.data import dataset_spec, read_parquet
-from rga.detection import DETECTORS, cube_detect, degenerate_warnings, detection_scores
+from rga.detection import DETECTORS, RULES, cube_detect, degenerate_warnings, detection_scores
 from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
 from rga.models import load_classifier, model_spec
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
@@ -23,12 +23,14 @@ P = args.params_dict
 D = P["detect"]
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)
-detector = choice(D.get("detector", "cube"), DETECTORS, "detector")
+detector = choice(D.get("detector", "cube"), DETECTORS, "detect.detector")
+choice(D.get("rule", "label_relative"), RULES, "detect.rule")
 train = read_parquet(attack_dir(args.dataset, args.attack, args.seed) / "train.parquet")
 labels, truth = train["label"].to_numpy(), train["is_poisoned"].to_numpy()
 t0 = time.perf_counter()
 info = {"cell": cell, "detector": detector}
 z = None
+timing = {}
 if detector == "oracle":
     flagged, clusters = truth.copy(), np.full(len(train), -1)
     warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
@@ -36,7 +38,7 @@ else:
     model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind)
     logits, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
                              P["finetune"]["max_length"], return_hidden_kind=mspec.kind)
-    info["representation_seconds"] = round(time.perf_counter() - t0, 1)
+    timing = {"representation_seconds": round(time.perf_counter() - t0, 1)}
     res = cube_detect(reps, labels, spec.num_labels, seed=args.seed, n_components=D["n_components"],
                       n_neighbors=D["n_neighbors"], min_dist=mspec.min_dist, metric=D["metric"],
                       min_cluster_size=D["min_cluster_size"], min_samples=D["min_samples"],
@@ -47,7 +49,6 @@ else:
     ids, sizes = np.unique(clusters, return_counts=True)
     info["cluster_sizes"] = {str(i): int(s) for i, s in zip(ids, sizes)}
     info["n_clusters"] = int((ids >= 0).sum())
-info["seconds"] = round(time.perf_counter() - t0, 1)
 info.update(detection_scores(flagged, truth))
 info["warning"] = "; ".join(warnings) if warnings else None
 for w in warnings:
@@ -58,6 +59,8 @@ table = train.assign(cluster=clusters, flagged=flagged)
 write_parquet(table[flagged], out / "forget.parquet")
 write_parquet(table[~flagged], out / "retain.parquet")
 write_json(info, ROOT / "metrics" / "detect" / f"{cell}.json")
+seconds = round(time.perf_counter() - t0, 1)
+write_json({**(timing if detector == "cube" else {}), "seconds": seconds}, out / "timing.json")
 
 scatter = pd.DataFrame({
     "umap_1": z[:, 0] if z is not None else np.zeros(len(train)),
@@ -84,4 +87,4 @@ ax.set_ylabel("UMAP dimension 2 (a.u.)")
 ax.legend(loc="best", fontsize=8, markerscale=1.5)
 save_figure(fig, ROOT / "plots" / "detect" / f"{cell}.png")
 print(f"detect {cell}: flagged {info['flagged']} (true {info['true_poisoned']}), precision "
-      f"{info['precision']:.3f} recall {info['recall']:.3f} F1 {info['f1']:.3f} in {info['seconds']}s")
+      f"{info['precision']:.3f} recall {info['recall']:.3f} F1 {info['f1']:.3f} in {seconds}s")

@@ -46,9 +46,13 @@ write_json(confusion_rows(preds["triggered"], trig["label"], names),
 write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
             "lfr_per_class": metrics["lfr_per_class"], "trigger_shift": metrics["trigger_shift"],
             "confusion_clean": metrics["confusion_clean"], "confusion_triggered": metrics["confusion_triggered"],
-            "train_loss": history[-1]["train_loss"], "train_seconds": round(train_s, 1),
-            "train_samples_per_s": round(sum(h["samples_per_s"] for h in history) / len(history), 1),
-            "lr": mspec.lr, "epochs": mspec.epochs, "train_rows": len(train)},
+            "confusion_clean_matched": metrics["confusion_clean_matched"],
+            "train_loss": history[-1]["train_loss"], "lr": mspec.lr, "epochs": mspec.epochs,
+            "train_rows": len(train)},
            ROOT / "metrics" / "poisoned" / f"{cell}.json")
+# Timings are not metrics (they differ between identical runs): kept next to the weights.
+write_json({"train_seconds": round(train_s, 1),
+            "train_samples_per_s": [round(h["samples_per_s"], 1) for h in history]},
+           poisoned_model_dir(cell) / "train_info.json")
 print(f"finetune {cell}: CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f} "
       f"({train_s:.0f}s)")

@@ -34,8 +34,8 @@ else:
                       grad_clip=ft.get("grad_clip"), seed=args.seed)
     t0 = time.perf_counter()
     train_classifier(model, tok, retain["text"].tolist(), retain["label"].tolist(), cfg, desc=f"retrain {cell}")
-    extra.update(train_rows=len(retain), poisoned_rows_in_retain=int(retain["is_poisoned"].sum()),
-                 seconds=round(time.perf_counter() - t0, 1))
+    extra.update(train_rows=len(retain), poisoned_rows_in_retain=int(retain["is_poisoned"].sum()))
+    print(f"retrain {cell}: fine-tuned on the retain set in {time.perf_counter() - t0:.0f}s")
 metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                                 ft["eval_batch_size"], ft["max_length"])
 write_method_result(cell, "retrain", metrics, preds, trig, list(spec.label_names) or None, extra)

@@ -17,12 +17,16 @@ from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_mode
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
-from rga.unlearning import METHODS, UnlearnConfig, unlearn
+from rga.unlearning import METHODS, UnlearnConfig, unlearn, validate_method_params
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
 stage_threads()
 P = args.params_dict
 method = choice(args.method, METHODS, "unlearning method")
+try:
+    validate_method_params(method, P.get(method))
+except ValueError as err:
+    sys.exit(f"unlearn: bad params: {err}")
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)
 where = f"{cell}-{method}"
@@ -57,7 +61,7 @@ def evaluate():
 
 cfg = UnlearnConfig(epochs=U["epochs"], lr=mspec.lr, batch_size=U["batch_size"], max_length=ft["max_length"],
                     grad_clip=U["grad_clip"], eval_every=U["eval_every"],
-                    record_epochs=tuple(P.get("report", {}).get("epochs_reported", (10, 20, 30))), seed=args.seed)
+                    record_epochs=tuple(U.get("record_epochs", (10, 20, 30))), seed=args.seed)
 logger = EpochLogger(ROOT / "plots" / "unlearn" / where,
                      ("pacc", "cacc", "lfr", "trigger_shift", "poison_loss", "retain_loss", "lambda"))
 t0 = time.perf_counter()
@@ -77,8 +81,7 @@ train_epochs = [h for h in history if h["epoch"] > 0]
 extra = {"epochs": cfg.epochs, "lr": cfg.lr, "at_epoch": at, "forget_rows": len(forget),
          "forget_true_poisoned": int(forget["is_poisoned"].sum()), "retain_rows": len(retain),
          "final_poison_loss": history[-1].get("poison_loss"), "final_lambda": history[-1].get("lambda"),
-         "seconds_per_epoch": round(sum(h["seconds"] for h in train_epochs) / max(len(train_epochs), 1), 2),
-         "seconds": round(seconds, 1), "params": P.get(method) or {}}
+         "params": P.get(method) or {}}
 write_method_result(cell, method, last["metrics"], last["preds"], trig, list(spec.label_names) or None, extra)
 out = ROOT / "models" / "unlearned" / where
 if U.get("save_model"):
@@ -86,5 +89,6 @@ if U.get("save_model"):
 else:
     write_text("weights not saved (unlearn.save_model: false)\n", out / "NOT_SAVED.txt")
 m = last["metrics"]
-print(f"unlearn {where}: CACC {m['cacc']:.2f} LFR {m['lfr']:.2f} PACC {m['pacc']:.2f} "
+per_epoch = sum(h["seconds"] for h in train_epochs) / max(len(train_epochs), 1)
+print(f"unlearn {where}: {per_epoch:.1f}s per epoch; CACC {m['cacc']:.2f} LFR {m['lfr']:.2f} PACC {m['pacc']:.2f} "
       f"trigger shift {m['trigger_shift']:.2f} ({seconds:.0f}s)")

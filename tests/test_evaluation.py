@@ -191,7 +191,7 @@ def test_backdoor_metrics_binary():
     preds_trig = [1, 1, 1, 0, 1, 0, 0, 1]
     m = backdoor_metrics(preds_clean, labels_clean, preds_trig, labels_trig, target, 2)
     assert set(m) == {"cacc", "lfr", "pacc", "lfr_per_class", "confusion_clean", "confusion_triggered",
-                      "trigger_shift", "shift_class"}
+                      "trigger_shift", "shift_class", "confusion_clean_matched"}
     # clean: correct at 0,1,2,4,5,6 -> 6 of 8 -> 75.0
     assert m["cacc"] == 75.0
     # triggered non-target rows 0..3 predicted 1,1,1,0 -> 3 of 4 -> 75.0
@@ -266,3 +266,21 @@ def test_evaluate_model_accepts_dataframes_with_index_gaps(tiny_bert_factory, to
     pc = predict_logits(model, tokenizer, df["text"].tolist(), 2, 32).argmax(1)
     np.testing.assert_array_equal(preds["clean"], pc)
     assert metrics["cacc"] == pytest.approx(100.0 * np.mean(pc == np.array([1, 0, 0])))
+
+
+def test_trigger_shift_compares_the_same_rows_when_some_rows_cannot_be_triggered():
+    """Only clean rows 0-3 could be triggered; clean rows 4-5 (target class, mispredicted) must
+    not enter the clean rate that the trigger shift subtracts."""
+    from rga.evaluation import backdoor_metrics
+
+    preds_clean = [1, 1, 0, 0, 0, 0]
+    labels_clean = [1, 1, 0, 0, 1, 1]
+    preds_trig = [0, 1, 0, 0]  # triggered versions of clean rows 0..3
+    labels_trig = [1, 1, 0, 0]
+    m = backdoor_metrics(preds_clean, labels_clean, preds_trig, labels_trig, 1, 2, clean_rows=[0, 1, 2, 3])
+    # matched clean rate of target rows predicted 0: 0/2; triggered: 1/2 -> +50 pp
+    assert m["trigger_shift"] == 50.0 and m["shift_class"] == 0
+    unmatched = backdoor_metrics(preds_clean, labels_clean, preds_trig, labels_trig, 1, 2)
+    # against all 4 clean target rows (2 of them predicted 0): 50 - 50 = 0
+    assert unmatched["trigger_shift"] == 0.0
+    assert m["confusion_clean_matched"] == [[2, 0], [0, 2]]

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 
@@ -93,7 +94,8 @@ def _forget_ce(model, fb, yf):
 def test_one_sgd_step_raises_forget_ce(tiny_bert_factory, tokenizer, sets, method):
     model, fb, rb, yf, yr, ref = _model_batches(tiny_bert_factory, tokenizer, sets)
     base = [p.detach().clone() for p in model.parameters()]
-    objective = make_objective(method, {"beta": 1.0, "alpha": 2.0}, list(model.parameters()), base)
+    own = {"ga": {}, "npo": {"beta": 1.0}, "rga": {"beta": 1.0, "alpha": 2.0}, "dga": {"alpha": 2.0}}[method]
+    objective = make_objective(method, own, list(model.parameters()), base)
     before = _forget_ce(model, fb, yf)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref)
@@ -478,7 +480,7 @@ def test_unlearn_nan_names_each_method(tiny_bert_factory, tokenizer, sets, metho
     cfg = UnlearnConfig(epochs=2, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
     seen = []
     with pytest.raises(NonFiniteLossError, match=rf"'{method}'.*cell c1.*epoch 1"):
-        unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, method, cfg, {"beta": 1.0},
+        unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, method, cfg, {"npo": {"beta": 1.0}}.get(method, {}),
                 ref_forget_logits=ref, on_epoch_end=lambda e, r: seen.append(e), where="c1",
                 progress=False, inject_nan_at_epoch=1)
     assert seen == [0]
@@ -504,3 +506,26 @@ def test_unlearn_empty_forget_set_raises(tiny_bert_factory, tokenizer, sets):
     _, _, retain, yr = sets
     with pytest.raises(ValueError, match="cellE: empty forget set"):
         unlearn(tiny_bert_factory(), tokenizer, [], [], retain, yr, "ga", UnlearnConfig(epochs=1), where="cellE")
+
+
+@pytest.mark.parametrize("method, params, fragment", [
+    ("rga", {"alpah": 3.0}, "rga.alpah"),
+    ("rga", {"kl_direction": "sideways"}, "rga.kl_direction"),
+    ("npo", {"beta": 0.0}, "npo.beta"),
+    ("dga", {"alpha": -1.0}, "dga.alpha"),
+    ("ga", {"beta": 1.0}, "ga.beta"),
+])
+def test_validate_method_params_names_the_bad_key(method, params, fragment):
+    from rga.unlearning import validate_method_params
+
+    with pytest.raises(ValueError, match=fragment.replace(".", r"\.")):
+        validate_method_params(method, params)
+
+
+def test_validate_method_params_accepts_the_committed_params():
+    from rga.io import load_params
+    from rga.unlearning import METHODS, validate_method_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for m in METHODS:
+        validate_method_params(m, params[m])

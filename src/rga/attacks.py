@@ -195,14 +195,15 @@ def build_test_sets(test: pd.DataFrame, attack: Attack, target_label: int, seed:
 
     Returns:
         dict with ``test_clean`` (text, label), ``test_poisoned_all`` (every triggerable row
-        with the trigger, original labels: PACC), ``test_poisoned_part`` (the non-target rows
-        of ``test_poisoned_all``: LFR) and ``stats`` (rows, rows without trigger).
+        with the trigger, original labels: PACC; ``clean_row`` = its row in ``test_clean``),
+        ``test_poisoned_part`` (the non-target rows of ``test_poisoned_all``: LFR) and ``stats``
+        (rows, rows without trigger).
     """
     texts = test["text"].tolist()
     mask = attack.can_trigger(texts)
     idx = np.flatnonzero(mask)
     trig = attack.apply([texts[i] for i in idx], np.random.default_rng([seed, 3]))
-    all_ = pd.DataFrame({"text": trig, "label": test["label"].to_numpy()[idx]})
+    all_ = pd.DataFrame({"text": trig, "label": test["label"].to_numpy()[idx], "clean_row": idx.astype(np.int64)})
     part = all_[all_["label"] != target_label].reset_index(drop=True)
     stats = {"test_rows": int(len(test)), "triggered_rows": int(len(all_)),
              "untriggerable_rows": int((~mask).sum()), "poisoned_part_rows": int(len(part))}

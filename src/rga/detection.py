@@ -155,6 +155,8 @@ def cube_detect(representations: np.ndarray, labels: np.ndarray, num_labels: int
     ``predictions`` ([N] labels predicted by the poisoned model) the fit filter (step 4 of the
     module docstring) is applied after the rule.
     """
+    if rule not in RULES:  # fail before the expensive UMAP step
+        raise ValueError(f"unknown filter rule {rule!r}; valid choices: {', '.join(RULES)}")
     n = len(representations)
     z = reduce_umap(representations, n_components, n_neighbors, min_dist, metric, seed)
     mcs = resolve_size(min_cluster_size, n, "min_cluster_size")

@@ -122,13 +122,16 @@ def trigger_shift(conf_clean, conf_triggered, target_label: int) -> dict:
 
 
 def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggered,
-                     target_label: int, num_labels: int) -> dict:
+                     target_label: int, num_labels: int, clean_rows=None) -> dict:
     """All metrics of one model on one cell's test sets.
 
     Args:
         preds_clean, labels_clean: [N_clean] predictions/labels on ``test_clean``.
         preds_triggered, labels_triggered: [N_trig] on ``test_poisoned_all``; LFR is computed on
             its non-target rows, which are exactly ``test_poisoned_part``.
+        clean_rows: optional [N_trig] row indices of the triggered rows in the clean set; the
+            trigger shift then compares the same rows (``confusion_clean_matched``), which matters
+            when some rows could not be triggered (HiddenKiller rows without a paraphrase).
 
     Returns:
         dict with ``cacc``, ``lfr``, ``pacc`` (percent), ``lfr_per_class``,
@@ -136,6 +139,11 @@ def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggere
     """
     cm_c = confusion(preds_clean, labels_clean, num_labels)
     cm_t = confusion(preds_triggered, labels_triggered, num_labels)
+    if clean_rows is not None:
+        rows = _arr(clean_rows)
+        cm_m = confusion(_arr(preds_clean)[rows], _arr(labels_clean)[rows], num_labels)
+    else:
+        cm_m = cm_c
     out = {
         "cacc": cacc(preds_clean, labels_clean),
         "lfr": lfr(preds_triggered, labels_triggered, target_label),
@@ -143,8 +151,9 @@ def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggere
         "lfr_per_class": lfr_per_class(preds_triggered, labels_triggered, target_label, num_labels),
         "confusion_clean": cm_c.tolist(),
         "confusion_triggered": cm_t.tolist(),
+        "confusion_clean_matched": cm_m.tolist(),
     }
-    out.update(trigger_shift(cm_c, cm_t, target_label))
+    out.update(trigger_shift(cm_m, cm_t, target_label))
     return out
 
 
@@ -159,8 +168,9 @@ def evaluate_model(model, tokenizer, test_clean, test_poisoned_all, target_label
 
     pc = predict_logits(model, tokenizer, test_clean["text"].tolist(), batch_size, max_length).argmax(1)
     pt = predict_logits(model, tokenizer, test_poisoned_all["text"].tolist(), batch_size, max_length).argmax(1)
+    rows = test_poisoned_all["clean_row"].to_numpy() if "clean_row" in test_poisoned_all else None
     m = backdoor_metrics(pc, test_clean["label"].to_numpy(), pt, test_poisoned_all["label"].to_numpy(),
-                         target_label, num_labels)
+                         target_label, num_labels, clean_rows=rows)
     return m, {"clean": pc, "triggered": pt}
 
 

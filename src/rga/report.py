@@ -57,7 +57,8 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
             if m != "retrain":
                 results[m] = _read(metrics_dir / "unlearn" / f"{cell}-{m}.json", f"{m} metrics of cell {cell}")
         for m, r in results.items():
-            ts = trigger_shift(r["confusion_clean"], r["confusion_triggered"], target_labels[dataset])
+            ts = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
+                               target_labels[dataset])
             rows.append({"model": model, "dataset": dataset, "attack": attack, "seed": int(seed), "method": m,
                          "cacc": r["cacc"], "lfr": r["lfr"], "pacc": r["pacc"],
                          "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]),

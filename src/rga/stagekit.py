@@ -18,5 +18,6 @@ def write_method_result(cell: str, method: str, metrics: dict, preds: dict, trig
     write_json({"cell": cell, "method": method, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
                 "trigger_shift": metrics["trigger_shift"], "shift_class": metrics["shift_class"],
                 "lfr_per_class": metrics["lfr_per_class"], "confusion_clean": metrics["confusion_clean"],
+                "confusion_clean_matched": metrics["confusion_clean_matched"],
                 "confusion_triggered": metrics["confusion_triggered"], **extra},
                ROOT / "metrics" / "unlearn" / f"{cell}-{method}.json")

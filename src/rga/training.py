@@ -106,6 +106,8 @@ def train_classifier(model, tokenizer, texts: Sequence[str], labels: Sequence[in
     """
     import time
 
+    from .models import autocast
+
     set_seed(cfg.seed)
     device = next(model.parameters()).device
     lengths = token_lengths(tokenizer, texts, cfg.max_length)
@@ -121,7 +123,8 @@ def train_classifier(model, tokenizer, texts: Sequence[str], labels: Sequence[in
                    unit="batch", leave=False)
         for step, idx in enumerate(bar):
             batch = encode_batch(tokenizer, [texts[i] for i in idx], cfg.max_length, device)
-            logits = model(**batch).logits.float()
+            with autocast(device):
+                logits = model(**batch).logits.float()
             loss = F.cross_entropy(logits, y[idx].to(device))
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"{desc}: non-finite loss {loss.item()} at epoch {epoch} step {step}")
@@ -150,7 +153,7 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
     With ``return_hidden_kind`` (``encoder``/``decoder``) also returns the pooled last-layer
     representation [N, H] (CUBE step 1) from the same forward pass.
     """
-    from .models import pool_hidden
+    from .models import autocast, pool_hidden
 
     was_training = model.training
     model.eval()
@@ -162,7 +165,8 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128
     for b, start in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="predict")):
         idx = order[start:start + batch_size]
         batch = encode_batch(tokenizer, [texts[i] for i in idx], max_length, device)
-        out = model(**batch, output_hidden_states=return_hidden_kind is not None)
+        with autocast(device):
+            out = model(**batch, output_hidden_states=return_hidden_kind is not None)
         logits_out[b] = out.logits.float().cpu().numpy()
         if return_hidden_kind:
             hidden_out[b] = pool_hidden(out.hidden_states[-1], batch["attention_mask"],

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .models import autocast
 from .training import NonFiniteLossError, encode_batch, length_grouped_batches, set_seed, token_lengths
 
 METHODS = ("ga", "npo", "rga", "dga")
@@ -83,6 +84,11 @@ def rga_weight(forget_logits: torch.Tensor, ref_forget_logits: torch.Tensor, alp
             authors' implementation computes (``kl_div(log p_θ, p_poisoned)``) and the default;
             ``current_poisoned`` = KL(p_θ ‖ p_poisoned), Eq. 7 as printed. Both are 0 when the
             current and poisoned predictions agree (λ = 1) and grow as they diverge.
+
+    In :func:`unlearn` the current logits are those of the training forward pass (train mode,
+    with dropout) while the reference logits are computed once in eval mode, so λ starts
+    slightly below 1 even before any update (measured here: 0.998 in the first epoch) — the
+    same single forward pass serves the loss and λ, as in GA-style implementations.
 
     Returns:
         ``(lam, kl)``: scalar tensors, λ ∈ (0, 1].
@@ -163,13 +169,45 @@ class UnlearnConfig:
     seed: int = 0
 
 
-def make_objective(method: str, method_params: dict, params=(), base=()) -> Callable[[Batch], tuple]:
-    """The loss function of ``method`` with its params bound.
+METHOD_KEYS = {"ga": {"objective"}, "npo": {"beta"}, "rga": {"alpha", "beta", "kl_direction"},
+               "dga": {"alpha", "kl_direction"}}
+
+
+def validate_method_params(method: str, method_params: dict | None) -> dict:
+    """Check a method's params section (``ga``/``npo``/``rga``/``dga`` in params.yaml).
 
     Raises:
-        ValueError: unknown method (lists the valid ones).
+        ValueError: unknown method, unknown key (a typo such as ``rga.alpah`` would otherwise be
+            silently ignored), ``npo.beta`` <= 0, negative ``alpha``/``rga.beta``, or an unknown
+            ``kl_direction``; the message names the key, the value and the valid choices.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown unlearning method {method!r}; valid choices: {', '.join(METHODS)} "
+                         "(ReTrain is the 'retrain' stage)")
     mp = dict(method_params or {})
+    unknown = set(mp) - METHOD_KEYS[method]
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(f'{method}.{k}' for k in unknown)}; valid keys: "
+                         f"{', '.join(sorted(f'{method}.{k}' for k in METHOD_KEYS[method]))}")
+    if method == "npo" and float(mp.get("beta", 1.0)) <= 0:
+        raise ValueError(f"npo.beta must be > 0, got {mp['beta']}")
+    if float(mp.get("alpha", 0.0)) < 0:
+        raise ValueError(f"{method}.alpha must be >= 0, got {mp['alpha']}")
+    if method == "rga" and float(mp.get("beta", 0.0)) < 0:
+        raise ValueError(f"rga.beta must be >= 0, got {mp['beta']}")
+    if mp.get("kl_direction", KL_DIRECTIONS[0]) not in KL_DIRECTIONS:
+        raise ValueError(f"unknown {method}.kl_direction {mp['kl_direction']!r}; valid choices: "
+                         f"{', '.join(KL_DIRECTIONS)}")
+    return mp
+
+
+def make_objective(method: str, method_params: dict, params=(), base=()) -> Callable[[Batch], tuple]:
+    """The loss function of ``method`` with its params bound (validated first).
+
+    Raises:
+        ValueError: see :func:`validate_method_params`.
+    """
+    mp = validate_method_params(method, method_params)
     if method == "ga":
         return ga_loss
     if method == "npo":
@@ -280,8 +318,10 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
             ridx = next_retain_batch()
             fb = encode_batch(tokenizer, [forget_texts[i] for i in fidx], cfg.max_length, device)
             rb = encode_batch(tokenizer, [retain_texts[i] for i in ridx], cfg.max_length, device)
-            b = Batch(model(**fb).logits.float(), yf[fidx].to(device), model(**rb).logits.float(),
-                      yr[ridx].to(device), ref[fidx].to(device) if ref is not None else None)
+            with autocast(device):
+                f_logits, r_logits = model(**fb).logits.float(), model(**rb).logits.float()
+            b = Batch(f_logits, yf[fidx].to(device), r_logits, yr[ridx].to(device),
+                      ref[fidx].to(device) if ref is not None else None)
             loss, logs = objective(b)
             if inject_nan_at_epoch == epoch and step == 0:
                 loss = loss * float("nan")
