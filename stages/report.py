@@ -39,12 +39,13 @@ for model, dataset, attack, seed in cells:
     curves = load_curves(ROOT / "plots", cell, methods)
     rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
     save_figure(plot_curve(curves, "pacc", cell, "PACC on fully triggered test set (%)",
-                           "PACC over unlearning epochs", ref=rt["pacc"]), figs / f"{cell}-pacc.png")
+                           "PACC over unlearning epochs", ref=rt["pacc"], ylim=(0, 100)), figs / f"{cell}-pacc.png")
     save_figure(plot_curve(curves, "poison_loss", cell, "mean CE on forget set (nats, symlog)",
                            "Poison loss over unlearning epochs", logy=True), figs / f"{cell}-poison_loss.png")
     lam = {m: c for m, c in curves.items() if m in ("rga", "dga")}
     if lam:
-        save_figure(plot_curve(lam, "lambda", cell, "λ = exp(−α·KL) (unitless)", "RGA's adaptive weight λ"),
+        save_figure(plot_curve(lam, "lambda", cell, "λ = exp(−α·KL) (unitless)", "RGA's adaptive weight λ",
+                               ylim=(-0.02, 1.02)),
                     figs / f"{cell}-lambda.png")
     mats = {"poisoned": json.loads((ROOT / "metrics" / "poisoned" / f"{cell}.json").read_text())["confusion_triggered"],
             "retrain": rt["confusion_triggered"]}

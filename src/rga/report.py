@@ -161,7 +161,7 @@ def load_curves(plots_dir: Path, cell: str, methods: list[str]) -> dict[str, pd.
 
 
 def plot_curve(curves: dict, column: str, cell: str, ylabel: str, title: str, ref: float | None = None,
-               logy: bool = False):
+               logy: bool = False, ylim: tuple[float, float] | None = None):
     """One quantity over unlearning epochs, one line per method (paper Figures 3 and 4)."""
     import matplotlib
 
@@ -177,6 +177,11 @@ def plot_curve(curves: dict, column: str, cell: str, ylabel: str, title: str, re
         ax.axhline(ref, ls="--", color=COLORS["retrain"], label="ReTrain")
     if logy:
         ax.set_yscale("symlog", linthresh=0.1)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("unlearning epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\n{cell}", fontsize=10)
