@@ -20,8 +20,10 @@ rows = summary_rows(ROOT / "metrics", cells, methods, targets)
 write_json(summary_json(rows), ROOT / "metrics" / "summary.json")
 md, df = table(rows, methods)
 write_csv(df, ROOT / "report" / "table.csv")
+n_seeds = len(P["matrix"]["seeds"])
+spread = "mean ± std over %d seeds" % n_seeds if n_seeds > 1 else "1 seed (no ± shown; add seeds to matrix.seeds)"
 write_text("# Backdoor unlearning results (paper Table 2 layout)\n\n"
-           "CACC, LFR, PACC in %; ΔPACC = |PACC_ReTrain − PACC_method| (pp), mean ± std over seeds, "
+           f"CACC, LFR, PACC in %; ΔPACC = |PACC_ReTrain − PACC_method| (pp), {spread}, "
            f"after {P['unlearn']['epochs']} unlearning epochs; best ΔPACC in bold.\n\n" + md +
            "\n## Trigger shift (pp) and CUBE detection F1\n\nTrigger shift: extra rate at which triggered "
            "target-class test rows are predicted as another class, relative to clean rows (the class that "
@@ -49,7 +51,7 @@ for model, dataset, attack, seed in cells:
                     figs / f"{cell}-lambda.png")
     mats = {"poisoned": json.loads((ROOT / "metrics" / "poisoned" / f"{cell}.json").read_text())["confusion_triggered"],
             "retrain": rt["confusion_triggered"]}
-    for m in ("ga", "npo", "rga"):
+    for m in ("ga", "npo", "rga", "dga"):
         p = ROOT / "metrics" / "unlearn" / f"{cell}-{m}.json"
         if p.is_file():
             mats[m] = json.loads(p.read_text())["confusion_triggered"]

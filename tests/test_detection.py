@@ -349,3 +349,4 @@ def test_cube_detect_fit_filter_drops_misfit_rows_in_other_labels_cluster():
     assert without.flagged[640:].all()
     assert detection_scores(without.flagged, truth)["precision"] < 0.85
     assert with_fit.flagged.tolist() == truth.tolist()
+

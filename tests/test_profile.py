@@ -83,9 +83,18 @@ def test_paper_then_cpu_restores_original_values(params_copy):
     # keys not in the profile are untouched
     assert paper["rga"] == original["rga"]
     assert paper["models"]["minilm"]["path"] == original["models"]["minilm"]["path"]
-    assert paper["detect"]["rule"] == original["detect"]["rule"]
+    assert paper["detect"]["metric"] == original["detect"]["metric"]
+    # the paper profile uses CUBE's own per-label rule without the fit filter
+    assert paper["detect"]["rule"] == "per_label" and paper["detect"]["fit_filter"] is False
     apply_profile("cpu", params_copy)
     assert load(params_copy) == original
+
+
+def test_round_trip_keeps_the_file_byte_identical(params_copy):
+    before = params_copy.read_text()
+    apply_profile("paper", params_copy)
+    apply_profile("cpu", params_copy)
+    assert params_copy.read_text() == before  # e.g. 1.0e-4 is not rewritten as 0.0001
 
 
 def test_tiny_then_cpu_restores_original_values(params_copy):

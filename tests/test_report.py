@@ -279,3 +279,29 @@ def test_plot_confusions_titles_labels_and_png(tmp_path):
     out = save_figure(fig, tmp_path / "conf.png", dpi=50)
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 1000
+
+
+def test_table_flags_rows_with_a_detection_warning_and_does_not_bold_them():
+    from rga.report import table
+
+    base = {"model": "m", "dataset": "d", "attack": "hiddenkiller", "seed": 0, "cacc": 80.0, "lfr": 10.0,
+            "detect_f1": 0.0, "detect_warning": "only 1 of 2000 rows flagged"}
+    rows = [dict(base, method="retrain", pacc=80.0, delta_pacc=0.0),
+            dict(base, method="ga", pacc=60.0, delta_pacc=20.0),
+            dict(base, method="rga", pacc=70.0, delta_pacc=10.0)]
+    md, _ = table(rows, ["ga", "rga"])
+    assert "| m | d | hiddenkiller † |" in md
+    assert "**" not in md
+    assert md.rstrip().endswith("† m / d / hiddenkiller: detection warning: only 1 of 2000 rows flagged")
+    clean = [dict(r, detect_warning=None) for r in rows]
+    md2, _ = table(clean, ["ga", "rga"])
+    assert "**10.00**" in md2 and "†" not in md2
+
+
+def test_detection_warning_for_an_almost_empty_forget_set():
+    from rga.report import detection_warning
+
+    det = {"flagged": 1, "cluster_sizes": {"0": 1148, "1": 852}, "warning": None}
+    assert detection_warning(det).startswith("only 1 of 2000 training rows flagged")
+    assert detection_warning({"flagged": 10, "cluster_sizes": {"0": 1000, "1": 1000}, "warning": None}) is None
+    assert detection_warning({"flagged": 0, "warning": "no row flagged"}) == "no row flagged"

@@ -21,8 +21,8 @@ def _merge(dst, src) -> None:
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
             _merge(dst[k], v)
-        else:
-            dst[k] = v
+        elif k not in dst or dst[k] != v:
+            dst[k] = v  # equal values keep their original spelling (1.0e-4 stays 1.0e-4)
 
 
 def apply_profile(name: str, params_path: str | Path = "params.yaml", profiles_dir: Path = PROFILES_DIR) -> dict:

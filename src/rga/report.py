@@ -29,6 +29,21 @@ def _read(path: Path, what: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+MIN_FLAGGED_SHARE = 0.005
+
+
+def detection_warning(det: dict) -> str | None:
+    """The detect stage's own warning, or one for a forget set below 0.5% of the training rows
+    (far below any useful poison rate: detection probably missed the poison, so unlearning on
+    that cell says little about the methods)."""
+    notes = [det["warning"]] if det.get("warning") else []
+    rows = sum((det.get("cluster_sizes") or {}).values())
+    if rows and 0 < det.get("flagged", 0) < MIN_FLAGGED_SHARE * rows:
+        notes.append(f"only {det['flagged']} of {rows} training rows flagged (< {MIN_FLAGGED_SHARE:.1%}), "
+                     "detection probably missed the poisoned rows (try detect.detector: oracle)")
+    return "; ".join(notes) or None
+
+
 def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], target_labels: dict) -> list[dict]:
     """One row per cell x method (plus the poisoned model as method ``poisoned``).
 
@@ -51,7 +66,8 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
         before = _read(metrics_dir / "poisoned" / f"{cell}.json", f"poisoned-model metrics of cell {cell}")
         rt = _read(metrics_dir / "unlearn" / f"{cell}-retrain.json", f"ReTrain metrics of cell {cell}")
         det_path = metrics_dir / "detect" / f"{cell}.json"
-        f1 = json.loads(det_path.read_text())["f1"] if det_path.is_file() else None
+        det = json.loads(det_path.read_text()) if det_path.is_file() else {}
+        f1, warning = det.get("f1"), detection_warning(det)
         results = {"poisoned": before, "retrain": rt}
         for m in methods:
             if m != "retrain":
@@ -62,7 +78,7 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
             rows.append({"model": model, "dataset": dataset, "attack": attack, "seed": int(seed), "method": m,
                          "cacc": r["cacc"], "lfr": r["lfr"], "pacc": r["pacc"],
                          "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]),
-                         "trigger_shift": ts["trigger_shift"], "detect_f1": f1,
+                         "trigger_shift": ts["trigger_shift"], "detect_f1": f1, "detect_warning": warning,
                          "poisoned_cacc": before["cacc"], "poisoned_lfr": before["lfr"],
                          "poisoned_pacc": before["pacc"]})
     return rows
@@ -93,6 +109,8 @@ def _fmt(values: list[float]) -> str:
 def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
     """Table 2 layout: rows model/dataset/attack, column groups ReTrain, then each method
     (CACC, LFR, PACC, ΔPACC), mean ± std over seeds; the best (lowest) mean ΔPACC in bold.
+    Rows whose detection stage left a warning get a † after the attack, a footnote with the
+    warning, and no bold (the unlearning there says little about the methods).
 
     Returns:
         ``(markdown, dataframe)``; the dataframe holds the means and stds as numbers.
@@ -104,11 +122,15 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
         cols = ["CACC", "LFR", "PACC"] + ([] if m == "retrain" else ["ΔPACC"])
         header += [f"{DISPLAY[m]} {c}" for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
-    records = []
+    records, notes = [], []
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
         cells = [model, dataset, attack]
         means = {m: g[g.method == m]["delta_pacc"].mean() for m in methods if m != "retrain"}
-        best = min(means.values()) if means else None
+        warnings = sorted({w for w in g.get("detect_warning", pd.Series(dtype=object)).dropna()})
+        best = min(means.values()) if means and not warnings else None
+        if warnings:
+            notes.append(f"† {model} / {dataset} / {attack}: detection warning: {'; '.join(warnings)}")
+            cells[2] = f"{attack} †"
         rec = {"model": model, "dataset": dataset, "attack": attack, "seeds": int(g.seed.nunique())}
         for m in methods:
             gm = g[g.method == m]
@@ -121,7 +143,10 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
                 rec[f"{m}_{k}_std"] = float(gm[k].std(ddof=1)) if len(gm) > 1 else 0.0
         lines.append("| " + " | ".join(cells) + " |")
         records.append(rec)
-    return "\n".join(lines) + "\n", pd.DataFrame(records)
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    return text, pd.DataFrame(records)
 
 
 def shift_table(rows: list[dict]) -> str:
