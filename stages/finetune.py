@@ -50,9 +50,7 @@ write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
             "train_loss": history[-1]["train_loss"], "lr": mspec.lr, "epochs": mspec.epochs,
             "train_rows": len(train)},
            ROOT / "metrics" / "poisoned" / f"{cell}.json")
-# Timings are not metrics (they differ between identical runs): kept next to the weights.
-write_json({"train_seconds": round(train_s, 1),
-            "train_samples_per_s": [round(h["samples_per_s"], 1) for h in history]},
-           poisoned_model_dir(cell) / "train_info.json")
+# Timings differ between identical runs, so they stay out of the metrics and out of the cached
+# model folder (which downstream stages hash); per-epoch samples/s is in plots/finetune/<cell>/history.csv.
 print(f"finetune {cell}: CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f} "
       f"({train_s:.0f}s)")

@@ -26,6 +26,5 @@ hist = train_classifier(model, tok, train["text"].tolist(), train["label"].tolis
                         desc=f"retrain {cell_name(args.model, args.dataset, args.seed)}")
 out = retrain_model_dir(args.model, args.dataset, args.seed)
 save_classifier(model, tok, out)
-write_json({"train_rows": len(train), "train_loss": hist[-1]["train_loss"],
-            "seconds": round(time.perf_counter() - t0, 1)}, out / "train_info.json")
-print(f"retrain: {len(train)} clean rows, final loss {hist[-1]['train_loss']:.4f}")
+write_json({"train_rows": len(train), "train_loss": hist[-1]["train_loss"]}, out / "train_info.json")
+print(f"retrain: {len(train)} clean rows, final loss {hist[-1]['train_loss']:.4f} ({time.perf_counter() - t0:.0f}s)")
