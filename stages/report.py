@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -9,11 +10,16 @@ import pandas as pd
 from rga.data import dataset_spec
 from rga.io import load_params, save_figure, write_csv, write_json, write_text
 from rga.pipeline import ROOT
+from rga.unlearning import load_plugins
 from rga.report import (load_curves, matrix_cells, plot_confusions, plot_curve, shift_table, summary_json,
                         summary_rows, table)
 
 P = load_params(ROOT / "params.yaml")
-methods = list(P["matrix"]["methods"])
+# The method list comes from the matrix (built-in + plugin methods); display names from the registry.
+methods = list(P["matrix"]["methods"]) + list(P["matrix"].get("plugin_methods") or [])
+sys.path.insert(0, str(ROOT.resolve()))
+load_plugins(list(P["unlearn"].get("plugins") or []) +
+             [f"plugins.{m}" for m in methods if (ROOT / "plugins" / f"{m}.py").is_file()])
 cells = matrix_cells(P)
 targets = {d: dataset_spec(d, P).target_label for d in P["matrix"]["datasets"]}
 rows = summary_rows(ROOT / "metrics", cells, methods, targets)
@@ -44,14 +50,14 @@ for model, dataset, attack, seed in cells:
                            "PACC over unlearning epochs", ref=rt["pacc"], ylim=(0, 100)), figs / f"{cell}-pacc.png")
     save_figure(plot_curve(curves, "poison_loss", cell, "mean CE on forget set (nats, symlog)",
                            "Poison loss over unlearning epochs", logy=True), figs / f"{cell}-poison_loss.png")
-    lam = {m: c for m, c in curves.items() if m in ("rga", "dga")}
+    lam = {m: c for m, c in curves.items() if "lambda" in c and c["lambda"].notna().any()}
     if lam:
         save_figure(plot_curve(lam, "lambda", cell, "λ = exp(−α·KL) (unitless)", "RGA's adaptive weight λ",
                                ylim=(-0.02, 1.02)),
                     figs / f"{cell}-lambda.png")
     mats = {"poisoned": json.loads((ROOT / "metrics" / "poisoned" / f"{cell}.json").read_text())["confusion_triggered"],
             "retrain": rt["confusion_triggered"]}
-    for m in ("ga", "npo", "rga", "dga"):
+    for m in methods:
         p = ROOT / "metrics" / "unlearn" / f"{cell}-{m}.json"
         if p.is_file():
             mats[m] = json.loads(p.read_text())["confusion_triggered"]

@@ -25,11 +25,12 @@ clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "te
 ft = P["finetune"]
 extra = {"retrain_data": data}
 if data == "clean":
-    model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels, mspec.kind)
+    model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels,
+                                 mspec.kind, precision=mspec.precision)
 else:
     retain = read_parquet(detect_dir(cell) / "retain.parquet")
     set_seed(args.seed)
-    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind)
+    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, precision=mspec.precision)
     cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
                       grad_clip=ft.get("grad_clip"), seed=args.seed)
     t0 = time.perf_counter()

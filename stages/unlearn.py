@@ -1,36 +1,44 @@
-"""unlearn stage: one unlearning method (GA, NPO, RGA, DGA) on one poisoned model.
+"""unlearn stage: one registered unlearning method (GA, NPO, RGA, DGA, SimNPO, FT or a plugin)
+on one poisoned model.
 
 Starts from models/poisoned/<cell> and the detected forget/retain sets; evaluates CACC, LFR,
 PACC over epochs (DVCLive -> plots/unlearn/<cell>-<method>/) and writes the final metrics,
-including the values at epochs 10/20/30, to metrics/unlearn/<cell>-<method>.json.
+including the values at epochs 10/20/30, to metrics/unlearn/<cell>-<method>.json. For the
+methods in ``unlearn.save_models`` the cleaned model is saved to models/unlearned/<cell>-<method>/
+(safetensors, tokenizer and model_card.json).
 """
 
+import json
 import sys
 import time
 
 from rga.data import dataset_spec, read_parquet
 from rga.detection import EmptyForgetSetError, require_forget_set, require_retain_set
-from rga.evaluation import evaluate_model
-from rga.io import cell_name, choice, write_text
-from rga.models import load_classifier, model_spec, save_classifier
+from rga.evaluation import evaluate_model, evaluate_triggered
+from rga.io import cell_name, write_text
+from rga.models import checkpoint_hash, load_classifier, model_spec, save_classifier
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
-from rga.unlearning import METHODS, UnlearnConfig, unlearn, validate_method_params
+from rga.unlearning import UnlearnConfig, get_method, load_plugins, unlearn, validate_method_params
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
 stage_threads()
 P = args.params_dict
-method = choice(args.method, METHODS, "unlearning method")
+U, ft = P["unlearn"], P["finetune"]
+method = args.method
+sys.path.insert(0, str(ROOT.resolve()))  # plugins/<name>.py and unlearn.plugins modules in the repository
 try:
-    validate_method_params(method, P.get(method))
+    load_plugins(list(U.get("plugins") or []) +
+                 ([f"plugins.{method}"] if (ROOT / "plugins" / f"{method}.py").is_file() else []))
+    method_spec = get_method(method)
+    method_params = validate_method_params(method, P.get(method))
 except ValueError as err:
     sys.exit(f"unlearn: bad params: {err}")
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)
 where = f"{cell}-{method}"
-U, ft = P["unlearn"], P["finetune"]
 adir, ddir = attack_dir(args.dataset, args.attack, args.seed), detect_dir(cell)
 forget, retain = read_parquet(ddir / "forget.parquet"), read_parquet(ddir / "retain.parquet")
 try:
@@ -39,24 +47,34 @@ try:
 except EmptyForgetSetError as err:
     sys.exit(f"unlearn {where}: {err}")
 clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
+# with a user's own data (attack "given") the poisoned rows may be unknown or only suspected
+known_truth = json.loads((adir / "stats.json").read_text())["train"].get("ground_truth", "is_poisoned") == "is_poisoned"
 
 set_seed(args.seed)
-model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind)
+model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind,
+                             precision=mspec.precision)
 ref = predict_logits(model, tok, forget["text"].tolist(), ft["eval_batch_size"], ft["max_length"])
 base_state = None
-if method == "rga":
-    base, _, missing = load_classifier(mspec.path, spec.num_labels, mspec.kind, with_loading_info=True)
+if method_spec.needs_base:
+    base, _, missing = load_classifier(mspec.path, spec.num_labels, mspec.kind, with_loading_info=True,
+                                       precision=mspec.precision)
     base_state = {n: p.detach().clone() for n, p in base.named_parameters() if n not in missing}
     del base
 
 last = {}
+KEYS = ("cacc", "lfr", "pacc", "trigger_shift")
+# Epoch 0 is the poisoned model, which the finetune stage has already evaluated on the same test sets.
+poisoned = json.loads((ROOT / "metrics" / "poisoned" / f"{cell}.json").read_text())
+initial = {k: poisoned[k] for k in KEYS}
 
 
-def evaluate():
+def evaluate(full: bool):
+    if not full:  # between record epochs only PACC (and LFR) is plotted
+        return evaluate_triggered(model, tok, trig, spec.target_label, ft["eval_batch_size"], ft["max_length"])
     m, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                               ft["eval_batch_size"], ft["max_length"])
     last.update(metrics=m, preds=preds)
-    return {k: m[k] for k in ("cacc", "lfr", "pacc", "trigger_shift")}
+    return {k: m[k] for k in KEYS}
 
 
 cfg = UnlearnConfig(epochs=U["epochs"], lr=mspec.lr, batch_size=U["batch_size"], max_length=ft["max_length"],
@@ -67,8 +85,8 @@ logger = EpochLogger(ROOT / "plots" / "unlearn" / where,
 t0 = time.perf_counter()
 try:
     history = unlearn(model, tok, forget["text"].tolist(), forget["label"].tolist(), retain["text"].tolist(),
-                      retain["label"].tolist(), method, cfg, P.get(method) or {}, ref, base_state,
-                      evaluate=evaluate, on_epoch_end=logger.log, where=where)
+                      retain["label"].tolist(), method, cfg, method_params, ref, base_state,
+                      evaluate=evaluate, initial_metrics=initial, on_epoch_end=logger.log, where=where)
 except NonFiniteLossError as err:
     logger.close()
     sys.exit(f"unlearn {where}: {err} (curves so far: {logger.folder / 'history.csv'})")
@@ -79,15 +97,23 @@ at = {str(h["epoch"]): {k: h[k] for k in ("cacc", "lfr", "pacc", "trigger_shift"
       for h in history if h["epoch"] in cfg.record_epochs and "pacc" in h}
 train_epochs = [h for h in history if h["epoch"] > 0]
 extra = {"epochs": cfg.epochs, "lr": cfg.lr, "at_epoch": at, "forget_rows": len(forget),
-         "forget_true_poisoned": int(forget["is_poisoned"].sum()), "retain_rows": len(retain),
+         "forget_true_poisoned": int(forget["is_poisoned"].sum()) if known_truth else None, "retain_rows": len(retain),
          "final_poison_loss": history[-1].get("poison_loss"), "final_lambda": history[-1].get("lambda"),
-         "params": P.get(method) or {}}
+         "params": method_params, "precision": model.rga_precision}
 write_method_result(cell, method, last["metrics"], last["preds"], trig, list(spec.label_names) or None, extra)
 out = ROOT / "models" / "unlearned" / where
-if U.get("save_model"):
-    save_classifier(model, tok, out)
+if method in (U.get("save_models") or []):
+    card = {"method": method, "display": method_spec.display, "params": method_params, "cell": cell,
+            "unlearn": {k: U[k] for k in ("epochs", "batch_size", "grad_clip") if k in U}, "lr": cfg.lr,
+            "metrics": {k: last["metrics"][k] for k in ("cacc", "lfr", "pacc", "trigger_shift")},
+            "forget_rows": len(forget), "retain_rows": len(retain),
+            "input_checkpoint": {"path": f"models/poisoned/{cell}", **checkpoint_hash(poisoned_model_dir(cell))},
+            "base_model": mspec.path, "precision": model.rga_precision,
+            "warning": "derived from a model trained on poisoned data; check its LFR, PACC and trigger shift "
+                       "on your own triggered test set before use"}
+    save_classifier(model, tok, out, card=card)
 else:
-    write_text("weights not saved (unlearn.save_model: false)\n", out / "NOT_SAVED.txt")
+    write_text(f"weights not saved ({method!r} is not in unlearn.save_models)\n", out / "NOT_SAVED.txt")
 m = last["metrics"]
 per_epoch = sum(h["seconds"] for h in train_epochs) / max(len(train_epochs), 1)
 print(f"unlearn {where}: {per_epoch:.1f}s per epoch; CACC {m['cacc']:.2f} LFR {m['lfr']:.2f} PACC {m['pacc']:.2f} "

@@ -35,11 +35,11 @@ def write_csv(path: Path, header, rows) -> Path:
 
 # --------------------------------------------------------------------------- validation errors
 
-def test_read_csv_split_ok_keeps_texts_exactly(tmp_path):
+def test_read_csv_split_keeps_texts_but_strips_surrounding_whitespace(tmp_path):
     path = write_csv(tmp_path / "train.csv", ["text", "label"],
-                     [["NA", 0], ["null", 1], ["a, quoted\nmulti-line text", 1], ["  spaced  ", 0]])
+                     [["NA", 0], ["null", 1], ["a, quoted\nmulti-line text", 1], ["  spaced  out ", 0]])
     df = read_csv_split(path, 2)
-    assert df["text"].tolist() == ["NA", "null", "a, quoted\nmulti-line text", "  spaced  "]
+    assert df["text"].tolist() == ["NA", "null", "a, quoted\nmulti-line text", "spaced  out"]
     assert df["label"].tolist() == [0, 1, 1, 0]
     assert df["label"].dtype == np.int64
     assert list(df.columns) == ["text", "label"]
@@ -325,16 +325,27 @@ def test_fetch_dataset_goes_through_hub_builder(params, monkeypatch):
     names = ["negative", "positive"]
     fake = FakeLoader({"train": FakeSplit(SST2_TRAIN, names),
                        "test": FakeSplit({"sentence": ["bad .", "good ."], "label": [0, 1]}, names)})
-    raw = fetch_dataset(dataset_spec("sst2", params), mirror="", load_dataset=fake)
+    # "a dull film ." has labels 1 and 0: refused by default (data.on_conflict: error)
+    with pytest.raises(DataError) as err:
+        fetch_dataset(dataset_spec("sst2", params), mirror="", load_dataset=fake)
+    assert str(err.value).startswith(
+        "hub:sst2/train: 1 text(s) appear with different labels (2 rows), e.g. 'a dull film .' "
+        "(labels [0, 1], rows [2, 4]). Fix the labels, or set data.on_conflict to drop")
     assert fake.calls == ["yerevann/sst2"]
+    raw = fetch_dataset(dataset_spec("sst2", params), mirror="", load_dataset=fake, on_conflict="keep_first")
     assert raw.source == "hub:sst2"
-    assert raw.train["text"].tolist() == ["a great film .", "a dull film .", "fine acting .", "a dull film ."]
-    assert raw.train["label"].tolist() == [0, 1, 0, 0]
+    assert raw.train["text"].tolist() == ["a great film .", "a dull film .", "fine acting ."]
+    assert raw.train["label"].tolist() == [0, 1, 0]
     assert raw.train["label"].dtype == np.int64
+    assert raw.checks["conflicts"]["train"] == {"conflicting_texts": 1, "rows_removed": 1}
     assert len(raw.test) == 2 and len(raw.paraphrases) == 0
 
     monkeypatch.delenv(MIRROR_ENV, raising=False)  # no mirror at all: hub too
-    assert fetch_dataset(dataset_spec("sst2", params), load_dataset=fake).source == "hub:sst2"
+    assert fetch_dataset(dataset_spec("sst2", params), load_dataset=fake, on_conflict="keep_first").source == "hub:sst2"
+    # drop removes both "a dull film ." rows, the only label-1 row: the class check catches it
+    with pytest.raises(DataError, match=r"^hub:sst2/train \(after data.on_conflict=drop\): class\(es\) \[1\] "
+                                        r"have no rows \(label counts \[2, 0\]\)$"):
+        fetch_dataset(dataset_spec("sst2", params), load_dataset=fake, on_conflict="drop")
 
 
 def test_fetch_hsol_from_hub_default_sizes(params):
@@ -394,7 +405,7 @@ def imbalanced() -> pd.DataFrame:
     return pd.DataFrame({"text": [f"row {i}" for i in range(100)], "label": labels})
 
 
-@pytest.mark.parametrize("max_rows", [1, 7, 15, 33, 99])
+@pytest.mark.parametrize("max_rows", [7, 15, 33, 99])
 def test_stratified_subsample_size_and_shares(imbalanced, max_rows):
     sub = stratified_subsample(imbalanced, max_rows, seed=0)
     assert len(sub) == max_rows
@@ -419,3 +430,13 @@ def test_stratified_subsample_all_rows(imbalanced):
     for max_rows in (None, 0, 100, 500):
         out = stratified_subsample(shifted, max_rows, seed=0)
         pd.testing.assert_frame_equal(out, imbalanced)
+
+
+def test_stratified_subsample_refuses_to_lose_a_class(imbalanced):
+    with pytest.raises(DataError) as err:
+        stratified_subsample(imbalanced, 1, seed=0, what="data.max_train")
+    assert str(err.value) == (
+        "data.max_train 1 is too small for a stratified subsample: label 1 has 20 of 100 rows and would get "
+        "none; raise data.max_train to 10 or more (every label then keeps at least one row), or set it to "
+        "null for the full split")
+    assert stratified_subsample(imbalanced, 10, seed=0)["label"].nunique() == 3

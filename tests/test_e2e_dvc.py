@@ -83,6 +83,21 @@ def test_repro_builds_every_cell(tiny_repo):
             hist = (root / "plots" / "unlearn" / f"{cell}-{m}" / "history.csv").read_text().splitlines()
             assert len(hist) == 1 + 1 + 2  # header, epoch 0, epochs 1-2 of the tiny profile
             assert (root / "plots" / "unlearn" / f"{cell}-{m}" / "plots" / "metrics" / "pacc.tsv").is_file()
+            # epoch 0 is the poisoned model: taken from the finetune stage's metrics, not re-evaluated
+            first = dict(zip(hist[0].split(","), hist[1].split(",")))
+            assert first["epoch"] == "0"
+            assert float(first["pacc"]) == pytest.approx(before["pacc"]) and float(first["cacc"]) == pytest.approx(before["cacc"])
+        # the cleaned model is a product for the methods in unlearn.save_models (default [rga])
+        saved = root / "models" / "unlearned" / f"{cell}-rga"
+        assert (saved / "model.safetensors").is_file() and not list(saved.glob("*.bin"))
+        card = json.loads((saved / "model_card.json").read_text())
+        assert card["method"] == "rga" and card["params"]["alpha"] == 2.0
+        res = json.loads((root / "metrics" / "unlearn" / f"{cell}-rga.json").read_text())
+        assert card["metrics"]["pacc"] == res["pacc"]
+        import hashlib
+        want = hashlib.sha256((root / "models" / "poisoned" / cell / "model.safetensors").read_bytes()).hexdigest()
+        assert card["input_checkpoint"]["sha256"] == {"model.safetensors": want}
+        assert (root / "models" / "unlearned" / f"{cell}-ga" / "NOT_SAVED.txt").is_file()
 
 
 def test_report_and_metrics(tiny_repo):
@@ -120,6 +135,58 @@ def test_repro_is_up_to_date_and_params_are_scoped(tiny_repo):
         (root / "params.yaml").write_text(text)
     changed = set(status)
     assert changed == {f"unlearn@{c}-rga" for c in CELLS}, changed
+
+
+TOY_PLUGIN = '''"""A user's method from outside the rga package (README: "Adding a method")."""
+import torch.nn.functional as F
+
+from rga.unlearning import Batch, register
+
+
+@register("toy", display="Toy", checks={"scale": (lambda v: v > 0, "> 0")})
+def toy_loss(b: Batch, scale: float = 0.5):
+    """Half-strength gradient ascent: CE(retain) - scale * CE(forget)."""
+    f = F.cross_entropy(b.forget_logits, b.forget_labels)
+    r = F.cross_entropy(b.retain_logits, b.retain_labels)
+    return r - scale * f, {"forget_ce": f.item(), "retain_ce": r.item()}
+'''
+
+
+def test_new_methods_rerun_only_their_own_cells_and_reach_the_report(tiny_repo):
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    # a built-in method added as its own module: only its cells (and the report) become stale
+    (root / "src" / "rga" / "methods" / "toy2.py").write_text(TOY_PLUGIN.replace('"toy"', '"toy2"'))
+    params["matrix"]["methods"] = params["matrix"]["methods"] + ["toy2"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], root, env).stdout)
+    finally:
+        (root / "src" / "rga" / "methods" / "toy2.py").unlink()
+    assert set(status) == {f"unlearn@{c}-toy2" for c in CELLS} | {"report"}, set(status)
+    # a plugin from plugins/toy.py, outside the package: runs through the stage and the report
+    (root / "plugins").mkdir()
+    (root / "plugins" / "toy.py").write_text(TOY_PLUGIN)
+    params["matrix"]["methods"] = params["matrix"]["methods"][:-1]
+    params["matrix"]["plugin_methods"] = ["toy"]
+    params["toy"] = {"scale": 0.5}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], root, env).stdout)
+        assert set(status) == {f"unlearn_plugin@{c}-toy" for c in CELLS} | {"report"}, set(status)
+        proc = run(["dvc", "repro"], root, env)
+        assert proc.stdout.count("Running stage 'unlearn_plugin@") == 2
+        assert "Running stage 'unlearn@" not in proc.stdout
+        summary = json.loads((root / "metrics" / "summary.json").read_text())
+        for cell in CELLS:
+            assert 0.0 <= summary[cell]["toy"]["pacc"] <= 100.0
+        table = (root / "report" / "table.md").read_text()
+        assert "Toy ΔPACC" in table and "Toy shift" in table
+    finally:
+        (root / "params.yaml").write_text(text)
+        shutil.rmtree(root / "plugins")
 
 
 def test_missing_paraphrase_table_fails_clearly(tiny_repo):

@@ -11,6 +11,7 @@ import torch
 
 from rga.models import (PYPI_MINILM, ModelNotFound, UnsafeWeightsError, check_safetensors, load_classifier,
                         model_spec, pick_dtype, pool_hidden, resolve_path, save_classifier)
+from rga.models import autocast, resolve_precision, set_precision
 from rga.training import predict_logits
 
 CPU = torch.device("cpu")
@@ -90,7 +91,8 @@ def test_save_then_load_gives_identical_logits(tiny_bert_factory, tokenizer, tmp
     assert folder == tmp_path / "models" / "victim"
     assert (folder / "model.safetensors").is_file()
     assert not list(folder.glob("*.bin"))
-    loaded, tok, missing = load_classifier(str(folder), 2, "encoder", device=CPU, with_loading_info=True)
+    loaded, tok, missing = load_classifier(str(folder), 2, "encoder", device=CPU, with_loading_info=True,
+                                           precision="fp32")
     assert missing == set()  # the trained head was restored, not re-initialised
     assert next(loaded.parameters()).dtype == torch.float32
     assert tok.pad_token_id == tokenizer.pad_token_id
@@ -119,7 +121,7 @@ def test_load_classifier_fresh_head_for_headless_checkpoint(tiny_bert_factory, t
 def test_load_classifier_decoder_sets_pad_token(tiny_llama_factory, tokenizer, tmp_path):
     model = tiny_llama_factory(num_labels=2, pad_token_id=tokenizer.pad_token_id)
     folder = save_classifier(model, tokenizer, tmp_path / "llama")
-    loaded, tok = load_classifier(str(folder), 2, "decoder", device=CPU)
+    loaded, tok = load_classifier(str(folder), 2, "decoder", device=CPU, precision="fp32")
     assert loaded.config.pad_token_id == tok.pad_token_id == 0
     np.testing.assert_allclose(predict_logits(loaded, tok, TEXTS, batch_size=2),
                                predict_logits(model, tokenizer, TEXTS, batch_size=2), atol=1e-6, rtol=0)
@@ -144,7 +146,7 @@ def test_save_classifier_is_atomic(tiny_bert_factory, tokenizer, tmp_path, monke
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after == before  # the previous folder is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no temp folder remains
-    loaded, tok = load_classifier(str(out), 2, "encoder", device=CPU)
+    loaded, tok = load_classifier(str(out), 2, "encoder", device=CPU, precision="fp32")
     np.testing.assert_allclose(predict_logits(loaded, tok, TEXTS), predict_logits(first, tokenizer, TEXTS),
                                atol=1e-6, rtol=0)
 
@@ -156,7 +158,7 @@ def test_save_classifier_replaces_previous(tiny_bert_factory, tokenizer, tmp_pat
     second = tiny_bert_factory(seed=2)
     save_classifier(second, tokenizer, out)
     assert not (out / "stale.txt").exists()
-    loaded, tok = load_classifier(str(out), 2, "encoder", device=CPU)
+    loaded, tok = load_classifier(str(out), 2, "encoder", device=CPU, precision="fp32")
     np.testing.assert_allclose(predict_logits(loaded, tok, TEXTS), predict_logits(second, tokenizer, TEXTS),
                                atol=1e-6, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]
@@ -255,6 +257,60 @@ def test_resolve_path_other_paths(tmp_path):
     assert resolve_path("~/models/x") == os.path.join(os.path.expanduser("~"), "models", "x")
 
 
-def test_pick_dtype():
-    assert pick_dtype(torch.device("cpu")) == torch.float32
+def test_pick_dtype_follows_the_cpu(monkeypatch):
+    import rga.models as M
+
     assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(M, "cpu_has_bf16", lambda: False)
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(M, "cpu_has_bf16", lambda: True)
+    assert pick_dtype(torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")) == "amp_bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ValueError, match=r"unknown precision 'bf8'; valid choices: auto, fp32, amp_bf16"):
+        resolve_precision("bf8", torch.device("cpu"))
+
+
+def test_model_spec_precision_is_validated():
+    P = {"models": {"m": {"path": "x", "lr": 1e-4, "epochs": 1, "precision": "half"}}}
+    with pytest.raises(ValueError, match=r"models.m.precision 'half'; valid choices: auto, fp32, amp_bf16"):
+        model_spec("m", P)
+    P["models"]["m"]["precision"] = "fp32"
+    assert model_spec("m", P).precision == "fp32"
+    del P["models"]["m"]["precision"]
+    assert model_spec("m", P).precision == "auto"
+
+
+def test_autocast_follows_the_recorded_precision(tiny_bert_factory):
+    model = tiny_bert_factory(seed=3)
+    x = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    set_precision(model, "fp32")
+    with autocast(model):
+        assert model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+        h = model.bert(**x).last_hidden_state
+        q = model.bert.encoder.layer[0].attention.self.query(h)
+    assert q.dtype == torch.float32
+    set_precision(model, "amp_bf16")
+    with autocast(model):
+        q = model.bert.encoder.layer[0].attention.self.query(h)
+    assert q.dtype == torch.bfloat16  # matmuls in bf16 ...
+    assert next(model.parameters()).dtype == torch.float32  # ... on float32 master weights
+
+
+def test_bf16_autocast_logits_agree_with_fp32(tiny_bert_factory, tokenizer):
+    # amp_bf16 rounds matmul inputs to bf16 (8 mantissa bits): logits of the same weights agree
+    # with float32 within 0.05 absolute here (logits of size ~0.1-1), and predictions match
+    # wherever the fp32 margin between the two classes is above that tolerance.
+    model = tiny_bert_factory(num_labels=2, seed=7)
+    texts = TEXTS * 4
+    set_precision(model, "fp32")
+    a = predict_logits(model, tokenizer, texts, batch_size=4)
+    set_precision(model, "amp_bf16")
+    b = predict_logits(model, tokenizer, texts, batch_size=4)
+    assert not np.array_equal(a, b)  # bf16 really ran
+    np.testing.assert_allclose(b, a, atol=0.05, rtol=0)
+    sure = np.abs(a[:, 0] - a[:, 1]) > 0.1
+    np.testing.assert_array_equal(a[sure].argmax(1), b[sure].argmax(1))
+    # and bf16 is deterministic: the same weights and inputs give bit-identical logits
+    np.testing.assert_array_equal(b, predict_logits(model, tokenizer, texts, batch_size=4))

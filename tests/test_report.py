@@ -174,7 +174,9 @@ HEADER = ("| Model | Dataset | Attack | ReTrain CACC | ReTrain LFR | ReTrain PAC
 def test_table_markdown_two_seeds(two_seeds):
     root, cells = two_seeds
     rows = summary_rows(root, cells, ["ga", "rga"], TARGETS)
-    md, df = table(rows, ["rga", "ga"])  # order of the argument does not matter: Table 2 order
+    swapped, _ = table(rows, ["rga", "ga"])  # columns follow the matrix order, ReTrain first
+    assert swapped.splitlines()[0].index("RGA CACC") < swapped.splitlines()[0].index("GA CACC")
+    md, df = table(rows, ["ga", "rga"])
     lines = md.splitlines()
     assert md.endswith("\n")
     assert len(lines) == 3
@@ -305,3 +307,11 @@ def test_detection_warning_for_an_almost_empty_forget_set():
     assert detection_warning(det).startswith("only 1 of 2000 training rows flagged")
     assert detection_warning({"flagged": 10, "cluster_sizes": {"0": 1000, "1": 1000}, "warning": None}) is None
     assert detection_warning({"flagged": 0, "warning": "no row flagged"}) == "no row flagged"
+
+
+def test_display_names_come_from_the_registry():
+    from rga.report import display
+
+    assert [display(m) for m in ("poisoned", "retrain", "ga", "simnpo", "ft")] == \
+        ["Poisoned", "ReTrain", "GA", "SimNPO", "FT"]
+    assert display("not_registered") == "NOT_REGISTERED"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rga.training import collate, tokenize_once
 from rga.training import (NonFiniteLossError, TrainConfig, encode_batch, length_grouped_batches,
                           predict_logits, token_lengths, train_classifier)
 
@@ -123,6 +124,37 @@ def test_encode_batch_truncates_at_max_length(tokenizer):
     assert enc["input_ids"][1, -1].item() == tokenizer.sep_token_id
 
 
+def test_tokenize_once_gives_exactly_the_per_batch_encodings(tokenizer, sst2_sample):
+    # the batches cut from one tokenisation per stage equal tokenising each batch on its own
+    texts = sst2_sample["text"].tolist()[:64] + ["word " * 200, "a"]
+    tokens = tokenize_once(tokenizer, texts, 40)
+    np.testing.assert_array_equal(tokens.lengths, token_lengths(tokenizer, texts, 40))
+    for idx in length_grouped_batches(tokens.lengths, 7, np.random.default_rng(3), group_factor=2):
+        want = encode_batch(tokenizer, [texts[i] for i in idx], 40, torch.device("cpu"))
+        got = collate(tokenizer, tokens.rows(idx), torch.device("cpu"))
+        assert set(got) == set(want) == {"input_ids", "token_type_ids", "attention_mask"}
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+
+
+def test_tokenize_once_respects_left_padding(tokenizer):
+    # decoder tokenizers often pad on the left; collate uses the tokenizer's own padding side
+    tokenizer.padding_side = "left"
+    try:
+        texts = ["a b c d e", "a", "a b"]
+        got = collate(tokenizer, tokenize_once(tokenizer, texts, 16).rows([0, 1, 2]), "cpu")
+        want = encode_batch(tokenizer, texts, 16, "cpu")
+        assert torch.equal(got["input_ids"], want["input_ids"])
+        assert got["attention_mask"][1, 0].item() == 0 and got["attention_mask"][1, -1].item() == 1
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def test_tokenize_once_empty(tokenizer):
+    tokens = tokenize_once(tokenizer, [], 16)
+    assert tokens.lengths.shape == (0,) and tokens.rows([]) == []
+
+
 # --------------------------------------------------------------------------- predict_logits
 
 def test_predict_logits_preserves_input_order(tiny_bert_factory, tokenizer):
@@ -225,3 +257,20 @@ def test_train_classifier_deterministic_on_cpu(tiny_bert_factory, tokenizer, sst
     np.testing.assert_array_equal(predict_logits(m1, tokenizer, texts), predict_logits(m2, tokenizer, texts))
     # the seed matters: another seed trains to different weights
     assert not torch.equal(s1["classifier.weight"], s3["classifier.weight"])
+
+
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tiny_bert_factory, tokenizer, sst2_sample,
+                                                                     capsys, caplog):
+    # `dvc repro > run.log 2>&1`: no carriage-return progress bars pile up in the log, one line per epoch instead
+    import logging
+
+    rows = sst2_sample.iloc[:32]
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, max_length=32, seed=0)
+    with caplog.at_level(logging.INFO, logger="rga"):
+        train_classifier(tiny_bert_factory(seed=1), tokenizer, rows["text"].tolist(), rows["label"].tolist(), cfg,
+                         desc="finetune cellX", progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "batch/s" not in err and "it/s" not in err
+    lines = [r.getMessage() for r in caplog.records if r.name == "rga"]
+    assert [m.split(":")[0] for m in lines] == ["finetune cellX epoch 1", "finetune cellX epoch 2"]
+    assert all("train_loss" in m and "samples_per_s" in m for m in lines)

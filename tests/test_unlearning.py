@@ -1,4 +1,4 @@
-"""Unlearning objectives (GA, NPO, RGA, DGA) and the shared unlearning loop."""
+"""Unlearning objectives (GA, NPO, RGA, DGA, SimNPO, FT), the method registry and the shared loop."""
 
 from __future__ import annotations
 
@@ -14,21 +14,25 @@ import torch.nn.functional as F
 
 import rga.unlearning as U
 from rga.training import NonFiniteLossError, encode_batch, predict_logits
+from rga.methods.dga import dga_loss
+from rga.methods.ft import ft_loss
+from rga.methods.ga import ga_loss
+from rga.methods.npo import npo_loss
+from rga.methods.rga import param_distance, rga_loss
+from rga.methods.simnpo import simnpo_loss
 from rga.unlearning import (
     KL_DIRECTIONS,
-    METHODS,
     Batch,
     UnlearnConfig,
+    builtin_methods,
     count_epoch_rows,
-    dga_loss,
-    ga_loss,
     make_objective,
-    npo_loss,
-    param_distance,
-    rga_loss,
     rga_weight,
     unlearn,
 )
+
+METHODS = builtin_methods()
+ASCENT_METHODS = ("ga", "npo", "rga", "dga", "simnpo")  # every method that pushes the forget CE up
 
 # ----------------------------------------------------------------------------- data helpers
 
@@ -90,15 +94,20 @@ def _forget_ce(model, fb, yf):
         return F.cross_entropy(model(**fb).logits.float(), yf).item()
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_builtin_methods_are_the_modules():
+    assert METHODS == ("dga", "ft", "ga", "npo", "rga", "simnpo")
+
+
+@pytest.mark.parametrize("method", ASCENT_METHODS)
 def test_one_sgd_step_raises_forget_ce(tiny_bert_factory, tokenizer, sets, method):
     model, fb, rb, yf, yr, ref = _model_batches(tiny_bert_factory, tokenizer, sets)
     base = [p.detach().clone() for p in model.parameters()]
-    own = {"ga": {}, "npo": {"beta": 1.0}, "rga": {"beta": 1.0, "alpha": 2.0}, "dga": {"alpha": 2.0}}[method]
-    objective = make_objective(method, own, list(model.parameters()), base)
+    own = {"ga": {}, "npo": {"beta": 1.0}, "rga": {"beta": 1.0, "alpha": 2.0}, "dga": {"alpha": 2.0},
+           "simnpo": {"beta": 1.0}}[method]
+    objective = make_objective(method, own)
     before = _forget_ce(model, fb, yf)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref)
+    b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref, list(model.parameters()), base)
     loss, logs = objective(b)
     assert logs["forget_ce"] == pytest.approx(before, rel=1e-5)
     opt.zero_grad()
@@ -334,7 +343,8 @@ def test_rga_loss_value_by_hand():
     b = Batch(torch.tensor(ZF), torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF))
     params = [torch.tensor([3.0, 4.0], requires_grad=True)]
     base = [torch.zeros(2)]
-    loss, logs = rga_loss(b, alpha=2.0, beta=0.05, params=params, base=base)
+    b.params, b.base = params, base
+    loss, logs = rga_loss(b, alpha=2.0, beta=0.05)
     kl_mean = sum(kl(softmax_row(r), softmax_row(z)) for r, z in zip(REF, ZF)) / 3
     lam = math.exp(-2.0 * kl_mean)
     expected = -lam * ce(ZF, YF) + ce(ZR, YR) + 0.05 * 5.0
@@ -364,9 +374,10 @@ def test_count_epoch_rows_is_all_ones():
 def _cheap_eval():
     calls = {"n": 0}
 
-    def evaluate():
+    def evaluate(full=True):
         calls["n"] += 1
-        return {"cacc": 50.0 + calls["n"], "pacc": 10.0}
+        calls.setdefault("full", []).append(full)
+        return {"cacc": 50.0 + calls["n"], "pacc": 10.0} if full else {"pacc": 10.0 + calls["n"]}
 
     return evaluate, calls
 
@@ -374,14 +385,16 @@ def _cheap_eval():
 def test_unlearn_visits_every_forget_row_once_per_epoch(tiny_bert_factory, tokenizer, sets, monkeypatch):
     forget, yf, retain, yr = sets
     model = tiny_bert_factory(seed=1)
+    text_of = {tuple(ids): t for t, ids in zip(forget + retain, tokenizer(forget + retain)["input_ids"])}
+    assert len(text_of) == len(set(forget + retain))
     calls: list[list[str]] = []
-    real = U.encode_batch
+    real = U.collate
 
-    def recording(tok, texts, max_length, device):
-        calls.append(list(texts))
-        return real(tok, texts, max_length, device)
+    def recording(tok, rows, device):
+        calls.append([text_of[tuple(r["input_ids"])] for r in rows])
+        return real(tok, rows, device)
 
-    monkeypatch.setattr(U, "encode_batch", recording)
+    monkeypatch.setattr(U, "collate", recording)
     boundaries = []
     evaluate, n_eval = _cheap_eval()
     cfg = UnlearnConfig(epochs=2, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
@@ -392,18 +405,47 @@ def test_unlearn_visits_every_forget_row_once_per_epoch(tiny_bert_factory, token
     retain_set = set(retain)
     for (_, start), (_, end) in zip(boundaries, boundaries[1:]):
         epoch_calls = calls[start:end]
+        # per step: the forget batch, then its retain batch (two forward passes)
         forget_batches, retain_batches = epoch_calls[0::2], epoch_calls[1::2]
         assert len(forget_batches) == 3  # ceil(20 / 8)
         assert sorted(len(b) for b in forget_batches) == [4, 8, 8]
         assert Counter(t for b in forget_batches for t in b) == Counter(forget)
         for rb in retain_batches:
             assert len(rb) == 8 and set(rb) <= retain_set
-    # history: epoch 0 and two epochs, evaluated each time (eval_every = 1)
+    # history: epoch 0 and two epochs; epoch 2 is the last, so evaluated in full; epoch 1 only PACC
     assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert n_eval["n"] == 3
-    assert [h["cacc"] for h in history] == [51.0, 52.0, 53.0]
+    assert n_eval["n"] == 3 and n_eval["full"] == [True, False, True]
+    assert [h.get("cacc") for h in history] == [51.0, None, 53.0]
+    assert history[1]["pacc"] == 12.0
     assert all(h["poison_loss"] > 0 and h["retain_loss"] > 0 for h in history[1:])
     assert "lambda" not in history[1]
+
+
+def test_unlearn_epoch0_takes_the_finetune_metrics(tiny_bert_factory, tokenizer, sets):
+    # epoch 0 is the poisoned model: its metrics come from the finetune stage, not a new evaluation
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=2)
+    evaluate, n_eval = _cheap_eval()
+    cfg = UnlearnConfig(epochs=2, lr=1e-4, batch_size=8, max_length=64, eval_every=5, record_epochs=(), seed=0)
+    initial = {"cacc": 85.0, "lfr": 100.0, "pacc": 50.0, "trigger_shift": -19.0}
+    history = unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, "ga", cfg, evaluate=evaluate,
+                      initial_metrics=initial, progress=False)
+    assert history[0] == {"epoch": 0, **initial}
+    assert n_eval["n"] == 1 and n_eval["full"] == [True]  # only the last epoch was evaluated
+    assert history[2]["cacc"] == 51.0
+
+
+def test_warn_small_sets(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="rga"):
+        U.warn_small_sets(1, 1000, 32, "cellX-rga")
+    assert "cellX-rga: the forget set has 1 rows, fewer than one batch (unlearn.batch_size 32)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rga"):
+        U.warn_small_sets(40, 10, 32, "c")
+    assert "the forget set" not in caplog.text
+    assert "c: the retain set has 10 rows, fewer than one batch (unlearn.batch_size 32)" in caplog.text
 
 
 def test_unlearn_eval_schedule(tiny_bert_factory, tokenizer, sets):
@@ -468,7 +510,8 @@ def test_unlearn_nan_raises_after_logging_earlier_epochs(tiny_bert_factory, toke
     assert seen == [0, 1]
     hist = pd.read_csv(tmp_path / "plots" / "cellX-rga" / "history.csv")
     assert hist["epoch"].tolist() == [0, 1]
-    assert hist["cacc"].tolist() == [51.0, 52.0]
+    assert hist["cacc"].tolist()[0] == 51.0 and pd.isna(hist["cacc"].iloc[1])  # epoch 1: PACC only
+    assert hist["pacc"].tolist() == [10.0, 12.0]
     assert hist["lambda"].iloc[0] == 1.0 and 0 < hist["lambda"].iloc[1] <= 1
 
 
@@ -524,8 +567,91 @@ def test_validate_method_params_names_the_bad_key(method, params, fragment):
 
 def test_validate_method_params_accepts_the_committed_params():
     from rga.io import load_params
-    from rga.unlearning import METHODS, validate_method_params
+    from rga.unlearning import validate_method_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    for m in METHODS:
-        validate_method_params(m, params[m])
+    assert set(params["matrix"]["methods"]) <= set(METHODS)
+    for m in METHODS:  # every built-in method has its params section, and it validates
+        assert validate_method_params(m, params[m]) == {**U.get_method(m).params, **(params[m] or {})}
+
+
+# ----------------------------------------------------------------------------- registry, SimNPO, FT
+
+
+def test_simnpo_loss_exact_value_on_hand_made_logits():
+    # forget rows: log p(y|x) = log softmax(z)[y]; SimNPO term = -(2/β) log σ(-β log p - γ)
+    b = Batch(torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]]), torch.tensor([1, 1]),
+              torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
+    p = [0.75, 0.25]  # p(y=1) for the two forget rows
+    for beta, gamma in [(1.0, 0.0), (2.5, 0.0), (2.0, 0.5)]:
+        loss, logs = simnpo_loss(b, beta=beta, gamma=gamma)
+        term = [-(2 / beta) * math.log(1 / (1 + math.exp(beta * math.log(q) + gamma))) for q in p]
+        assert loss.item() == pytest.approx(math.log(2.0) + sum(term) / 2, abs=1e-6)  # CE(retain) = log 2
+        assert logs["simnpo_forget"] == pytest.approx(sum(term) / 2, abs=1e-6)
+        assert logs["forget_ce"] == pytest.approx(-(math.log(0.75) + math.log(0.25)) / 2, abs=1e-6)
+    # at γ = 0 the term is (2/β)·log(1 + p^β)
+    loss, logs = simnpo_loss(b, beta=2.5, gamma=0.0)
+    assert logs["simnpo_forget"] == pytest.approx(sum((2 / 2.5) * math.log(1 + q ** 2.5) for q in p) / 2, abs=1e-6)
+
+
+def test_ft_loss_is_retain_ce_only_and_gives_forget_no_gradient():
+    zf = torch.tensor([[2.0, -1.0]], requires_grad=True)
+    zr = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    loss, logs = ft_loss(Batch(zf, torch.tensor([1]), zr, torch.tensor([0, 1])))
+    expected = -(math.log(math.exp(1) / (math.exp(1) + 1)) + math.log(math.exp(2) / (math.exp(2) + 1))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert logs["forget_ce"] == pytest.approx(-math.log(math.exp(-1) / (math.exp(2) + math.exp(-1))), abs=1e-6)
+    loss.backward()
+    assert zf.grad is None and zr.grad is not None
+
+
+def test_registry_refuses_a_duplicate_name_and_a_param_without_default():
+    with pytest.raises(ValueError, match=r"'ga' is already registered by rga\.methods\.ga\.ga_loss"):
+        U.register("ga")(lambda b, scale=1.0: (b, {}))
+    with pytest.raises(ValueError, match=r"method 'toy_nodefault': parameter 'scale' of .* has no default"):
+        @U.register("toy_nodefault")
+        def toy(b, scale):
+            return b, {}
+    assert "toy_nodefault" not in U._REGISTRY
+    with pytest.raises(ValueError, match=r"checks for unknown param\(s\) \['sclae'\]"):
+        U.register("toy_badcheck", checks={"sclae": (1,)})(lambda b, scale=1.0: (b, {}))
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        U.register("retrain")(lambda b: (b, {}))
+
+
+def test_registered_toy_method_validates_and_runs(tiny_bert_factory, tokenizer, sets):
+    @U.register("toy_scaled_ga", display="ToyGA", checks={"scale": (lambda v: v > 0, "> 0")})
+    def toy_loss(b, scale: float = 0.5, mode: str = "a"):
+        f = F.cross_entropy(b.forget_logits, b.forget_labels)
+        r = F.cross_entropy(b.retain_logits, b.retain_labels)
+        return r - scale * f, {"forget_ce": f.item(), "retain_ce": r.item()}
+
+    try:
+        m = U.get_method("toy_scaled_ga")
+        assert (m.params, m.display, m.needs_reference, m.needs_base) == ({"scale": 0.5, "mode": "a"}, "ToyGA", False, False)
+        assert U.validate_method_params("toy_scaled_ga", {"scale": 2}) == {"scale": 2.0, "mode": "a"}
+        with pytest.raises(ValueError, match=r"toy_scaled_ga\.scale must be > 0, got -1"):
+            U.validate_method_params("toy_scaled_ga", {"scale": -1})
+        with pytest.raises(ValueError, match=r"toy_scaled_ga\.scale must be a number, got 'big'"):
+            U.validate_method_params("toy_scaled_ga", {"scale": "big"})
+        with pytest.raises(ValueError, match=r"valid keys: toy_scaled_ga\.mode, toy_scaled_ga\.scale"):
+            U.validate_method_params("toy_scaled_ga", {"scael": 1.0})
+        forget, yf, retain, yr = sets
+        cfg = UnlearnConfig(epochs=1, lr=1e-4, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+        hist = unlearn(tiny_bert_factory(seed=6), tokenizer, forget[:8], yf[:8], retain, yr, "toy_scaled_ga", cfg,
+                       {"scale": 1.0}, progress=False)
+        assert [h["epoch"] for h in hist] == [0, 1] and hist[1]["poison_loss"] > 0
+    finally:
+        U._REGISTRY.pop("toy_scaled_ga", None)
+
+
+def test_load_plugins_names_the_module():
+    with pytest.raises(ValueError, match=r"unlearn.plugins: cannot import 'no_such_pkg\.method'"):
+        U.load_plugins(["no_such_pkg.method"])
+
+
+def test_unlearn_needs_base_state_for_rga(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    with pytest.raises(ValueError, match="rga needs the base model's parameters"):
+        unlearn(tiny_bert_factory(), tokenizer, forget[:8], yf[:8], retain, yr, "rga", UnlearnConfig(epochs=1),
+                ref_forget_logits=np.zeros((8, 2), np.float32))

@@ -5,21 +5,35 @@ HiddenKiller text with no paraphrase). Poisoning picks ``round(poison_rate * n_n
 rows of the non-target classes, inserts the trigger and relabels them to the target label.
 The test sets keep original labels: ``test_poisoned_all`` triggers every row (for PACC) and
 ``test_poisoned_part`` is its non-target subset (for LFR).
+
+The pseudo-attack ``given`` (:data:`GIVEN`, :func:`given_sets`) poisons nothing: it takes an
+already poisoned user dataset (its ``train.csv`` and triggered ``test_poisoned.csv``) as it is,
+for a user who brings their own poisoned model.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .data import normalise_text
+
 ATTACKS = ("badnets", "addsent", "hiddenkiller")
+GIVEN = "given"  # a user dataset that is already poisoned: its own train set and triggered test set
+
+log = logging.getLogger(__name__)
 
 
 class CoverageError(ValueError):
     """The paraphrase table covers too few rows to reach the poison rate."""
+
+
+class PoisonCountError(ValueError):
+    """The poison rate gives no poisoned row (too few non-target rows)."""
 
 
 class ParaphraseSource(Protocol):
@@ -33,16 +47,24 @@ class ParaphraseSource(Protocol):
 
 
 class TableParaphraser:
-    """Paraphrases looked up by exact text in a ``text,paraphrase`` table."""
+    """Paraphrases looked up by text in a ``text,paraphrase`` table.
+
+    Table texts, looked-up texts and paraphrases all go through :func:`rga.data.normalise_text`
+    (the readers' normalisation), so surrounding whitespace on either side does not break a match.
+    """
 
     def __init__(self, table: pd.DataFrame):
-        self._map = dict(zip(table["text"], table["paraphrase"]))
+        self._map = {}
+        for text, para in zip(table["text"], table["paraphrase"]):
+            key, value = normalise_text(text), normalise_text(para)
+            if key and value and key not in self._map:  # first row of a text wins, as in read_paraphrases
+                self._map[key] = value
 
     def __len__(self) -> int:
         return len(self._map)
 
     def paraphrase(self, texts: Sequence[str]) -> list[str | None]:
-        return [self._map.get(t) for t in texts]
+        return [self._map.get(normalise_text(t)) for t in texts]
 
 
 def insert_at_random_word(text: str, insertion: str, rng: np.random.Generator) -> str:
@@ -117,7 +139,8 @@ def make_attack(kind: str, dataset: str, cfg: dict, paraphrases: pd.DataFrame | 
         ValueError: unknown attack (lists the valid ones), or a setting the attack needs.
     """
     if kind not in ATTACKS:
-        raise ValueError(f"unknown attack {kind!r}; valid choices: {', '.join(ATTACKS)}")
+        raise ValueError(f"unknown attack {kind!r}; valid choices: {', '.join(ATTACKS)}, or {GIVEN} (a user "
+                         "dataset folder that is already poisoned, with its own test_poisoned.csv)")
     own = dict(cfg.get(kind) or {})
     if kind == "badnets":
         return Attack(kind, triggers=tuple(own.get("triggers", ["mn"])),
@@ -152,8 +175,14 @@ def poison_train(train: pd.DataFrame, attack: Attack, target_label: int, poison_
         PoisonedSplit with columns ``text, label, original_label, is_poisoned`` (same row
         order as ``train``; poisoned rows replaced in place).
 
+    For HiddenKiller the paraphrase coverage is logged (``hiddenkiller: the paraphrase table
+    covered 180 of 956 non-target rows (18.8%); poison_rate 0.1 needs 96``) and kept in
+    ``stats`` (``trigger_coverage_nontarget``, ``trigger_coverage_percent``).
+
     Raises:
         ValueError: ``poison_rate`` outside [0, 1].
+        PoisonCountError: ``poison_rate > 0`` but ``round(poison_rate * n_nontarget)`` is 0 (or
+            there is no non-target row); the message gives the smallest rate that poisons a row.
         CoverageError: fewer triggerable non-target rows than needed (HiddenKiller), the
             message says how many are covered and how many are needed.
     """
@@ -163,8 +192,22 @@ def poison_train(train: pd.DataFrame, attack: Attack, target_label: int, poison_
     texts = train["text"].tolist()
     nontarget = np.flatnonzero(labels != target_label)
     needed = int(round(poison_rate * len(nontarget)))
+    if poison_rate > 0 and needed == 0:
+        if len(nontarget) == 0:
+            raise PoisonCountError(
+                f"every one of the {len(train)} training rows has the target label {target_label}: there is no "
+                "non-target row to poison; check the labels and datasets.<name>.target_label")
+        raise PoisonCountError(
+            f"poison_rate {poison_rate} of {len(nontarget)} non-target training rows rounds to 0 poisoned rows; "
+            f"raise attack.poison_rate to at least {1 / len(nontarget):.3g} (one row) or use more training rows "
+            "(data.max_train, or a larger train.csv)")
     covered_mask = attack.can_trigger([texts[i] for i in nontarget])
     candidates = nontarget[covered_mask]
+    coverage_pct = round(100.0 * len(candidates) / len(nontarget), 2) if len(nontarget) else 0.0
+    if attack.kind == "hiddenkiller":
+        log.info("hiddenkiller: the paraphrase table covered %s of %s non-target rows (%.1f%%); "
+                 "poison_rate %s needs %s", f"{len(candidates):,}", f"{len(nontarget):,}", coverage_pct,
+                 poison_rate, f"{needed:,}")
     if len(candidates) < needed:
         raise CoverageError(
             f"{attack.kind}: the trigger source covers {len(candidates)} of {len(nontarget)} "
@@ -182,6 +225,7 @@ def poison_train(train: pd.DataFrame, attack: Attack, target_label: int, poison_
         "rows": int(len(out)),
         "nontarget_rows": int(len(nontarget)),
         "trigger_coverage_nontarget": int(len(candidates)),
+        "trigger_coverage_percent": coverage_pct,
         "poisoned": int(needed),
         "poison_rate": float(poison_rate),
         "label_counts_original": np.bincount(labels).tolist(),
@@ -210,3 +254,46 @@ def build_test_sets(test: pd.DataFrame, attack: Attack, target_label: int, seed:
     return {"test_clean": test[["text", "label"]].reset_index(drop=True),
             "test_poisoned_all": all_.reset_index(drop=True),
             "test_poisoned_part": part, "stats": stats}
+
+
+def given_sets(train: pd.DataFrame, test: pd.DataFrame, triggered: pd.DataFrame, target_label: int) -> dict:
+    """The attack stage's outputs for attack ``given``: a user's already poisoned dataset as it is.
+
+    Args:
+        train: the training table as read (``text``, ``label`` and optionally a bool
+            ``is_poisoned`` or ``suspect`` column, see :func:`rga.data.read_train_split`).
+        test: the clean test table (``text``, ``label``).
+        triggered: the fully triggered test set (``text``, ``label`` = original label,
+            optionally ``clean_row`` = its row in ``test``), see :func:`rga.data.read_triggered_split`.
+        target_label: the dataset's target label.
+
+    Returns:
+        dict with ``train`` (``text, label, is_poisoned``: the ground truth when ``train`` has
+        ``is_poisoned``, the marks when it has ``suspect``, all False otherwise), ``test_clean``,
+        ``test_poisoned_all`` (``text, label[, clean_row]``), ``test_poisoned_part`` (its
+        non-target rows) and ``stats`` ``{"train": ..., "test": ...}``; ``stats["train"]["ground_truth"]``
+        says what ``is_poisoned`` means: ``is_poisoned`` (known), ``suspect`` or ``none`` (unknown).
+    """
+    labels = train["label"].to_numpy()
+    truth = next((c for c in ("is_poisoned", "suspect") if c in train), None)
+    marks = train[truth].to_numpy(dtype=bool) if truth else np.zeros(len(train), dtype=bool)
+    table = pd.DataFrame({"text": train["text"].to_numpy(), "label": labels, "is_poisoned": marks})
+    n_target = int((labels == target_label).sum())
+    train_stats = {
+        "rows": int(len(table)),
+        "nontarget_rows": int(len(table) - n_target),
+        "ground_truth": truth or "none",
+        "poisoned": int(marks.sum()) if truth == "is_poisoned" else None,
+        "suspect": int(marks.sum()) if truth == "suspect" else None,
+        "label_counts": np.bincount(labels).tolist(),
+    }
+    cols = ["text", "label"] + (["clean_row"] if "clean_row" in triggered else [])
+    all_ = triggered[cols].reset_index(drop=True)
+    part = all_[all_["label"] != target_label].reset_index(drop=True)
+    matched = len(set(all_["clean_row"].tolist())) if "clean_row" in all_ else None
+    test_stats = {"test_rows": int(len(test)), "triggered_rows": int(len(all_)),
+                  "untriggerable_rows": int(len(test) - matched) if matched is not None else None,
+                  "poisoned_part_rows": int(len(part))}
+    return {"train": table, "test_clean": test[["text", "label"]].reset_index(drop=True),
+            "test_poisoned_all": all_, "test_poisoned_part": part,
+            "stats": {"train": train_stats, "test": test_stats}}

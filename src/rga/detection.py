@@ -16,16 +16,31 @@
      failure modes seen with the rank rule: clean rows of both labels merged into one cluster
      (the rank rule then keeps the poison cluster as "second largest"), and one label's clean
      rows split so that the poison cluster enters the top ``num_labels``.
+
+Sizes are checked against the number of rows N before any work (:func:`check_cube_sizes`):
+CUBE needs N >= 3 and ``n_components`` < N, HDBSCAN's ``min_cluster_size`` and ``min_samples``
+(after resolving fractions) at most N; these raise :class:`CubeSizeError`. Two sound fallbacks
+are logged warnings instead (and listed in the result's warnings): ``n_neighbors`` above N - 1
+is lowered to N - 1, and below ``n_components + 2`` rows UMAP's spectral initialisation
+(an eigenproblem of size N) is impossible, so its random initialisation is used.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 RULES = ("label_relative", "largest", "per_label")
 DETECTORS = ("cube", "oracle")
+MIN_CUBE_ROWS = 3  # UMAP needs at least 2 neighbours per row
+
+log = logging.getLogger(__name__)
+
+
+class CubeSizeError(ValueError):
+    """A CUBE setting does not fit the number of training rows."""
 
 
 class EmptyForgetSetError(RuntimeError):
@@ -54,14 +69,78 @@ def resolve_size(value: float | int, n_rows: int, what: str) -> int:
     return max(2, size)
 
 
+@dataclass
+class CubeSizes:
+    """CUBE sizes checked against the rows: what UMAP and HDBSCAN will be run with."""
+
+    n_neighbors: int
+    init: str  # UMAP initialisation: "spectral" (UMAP's default) or "random"
+    min_cluster_size: int
+    min_samples: int
+    notes: list[str] = field(default_factory=list)  # the fallbacks taken (also logged as warnings)
+
+
+def check_cube_sizes(n_rows: int, n_components: int, n_neighbors: int, min_cluster_size: float,
+                     min_samples: float) -> CubeSizes:
+    """Check CUBE's size settings against ``n_rows`` before running anything.
+
+    Args:
+        n_rows: training rows N.
+        n_components, n_neighbors: UMAP settings (``detect.n_components``, ``detect.n_neighbors``).
+        min_cluster_size, min_samples: HDBSCAN sizes, counts (>= 1) or fractions of N (< 1).
+
+    Returns:
+        :class:`CubeSizes`; ``n_neighbors`` lowered to N - 1 when larger, ``init="random"``
+        when N < n_components + 2 (spectral initialisation needs n_components + 1 eigenvectors
+        of an N x N graph); each fallback is logged as a warning and listed in ``notes``.
+
+    Raises:
+        CubeSizeError: N < 3, ``n_components`` < 1 or >= N, ``n_neighbors`` < 2, or an HDBSCAN
+            size above N; the message says what is too small and which setting to change.
+    """
+    if n_rows < MIN_CUBE_ROWS:
+        raise CubeSizeError(f"CUBE needs at least {MIN_CUBE_ROWS} training rows, got {n_rows}; use more "
+                            "training rows (data.max_train) or detect.detector: oracle")
+    if not 1 <= n_components < n_rows:
+        raise CubeSizeError(f"detect.n_components {n_components} must be between 1 and the number of training "
+                            f"rows minus one ({n_rows - 1}); lower detect.n_components or use more training rows")
+    if n_neighbors < 2:
+        raise CubeSizeError(f"detect.n_neighbors must be >= 2, got {n_neighbors}")
+    notes = []
+    if n_neighbors > n_rows - 1:
+        notes.append(f"detect.n_neighbors {n_neighbors} is more than the {n_rows - 1} other training rows; "
+                     f"UMAP uses {n_rows - 1} (lower detect.n_neighbors or use more rows)")
+        n_neighbors = n_rows - 1
+    init = "spectral"
+    if n_rows < n_components + 2:
+        notes.append(f"{n_rows} training rows are too few for UMAP's spectral initialisation with "
+                     f"detect.n_components {n_components} (needs {n_components + 2}); using random initialisation")
+        init = "random"
+    mcs = resolve_size(min_cluster_size, n_rows, "detect.min_cluster_size")
+    ms = resolve_size(min_samples, n_rows, "detect.min_samples")
+    for what, value, size in (("min_cluster_size", min_cluster_size, mcs), ("min_samples", min_samples, ms)):
+        if size > n_rows:
+            raise CubeSizeError(
+                f"detect.{what} {value} resolves to {size} rows but there are only {n_rows} training rows, so "
+                f"HDBSCAN can find no cluster; lower detect.{what} (a value below 1 is a fraction of the rows, "
+                "e.g. 0.05)")
+    for note in notes:
+        log.warning("CUBE: %s", note)
+    return CubeSizes(int(n_neighbors), init, mcs, ms, notes)
+
+
 def reduce_umap(x: np.ndarray, n_components: int = 4, n_neighbors: int = 100, min_dist: float = 0.25,
-                metric: str = "cosine", seed: int = 0) -> np.ndarray:
-    """UMAP embedding [N, n_components] of representations ``x`` [N, H] (seeded, deterministic)."""
+                metric: str = "cosine", seed: int = 0, init: str = "spectral") -> np.ndarray:
+    """UMAP embedding [N, n_components] of representations ``x`` [N, H] (seeded, deterministic).
+
+    ``n_neighbors`` is capped at N - 1; ``init`` is UMAP's initialisation (``spectral`` needs
+    N >= n_components + 2, see :func:`check_cube_sizes`).
+    """
     import umap
 
     n_neighbors = int(min(n_neighbors, max(2, len(x) - 1)))
     reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
-                        metric=metric, random_state=seed, n_jobs=1)
+                        metric=metric, random_state=seed, n_jobs=1, init=init)
     return reducer.fit_transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
 
 
@@ -153,26 +232,36 @@ def cube_detect(representations: np.ndarray, labels: np.ndarray, num_labels: int
 
     HDBSCAN sizes below 1 are fractions of N (for subsampled runs). UMAP runs once. With
     ``predictions`` ([N] labels predicted by the poisoned model) the fit filter (step 4 of the
-    module docstring) is applied after the rule.
+    module docstring) is applied after the rule. Sizes are checked first
+    (:func:`check_cube_sizes`); its fallbacks come first in the result's warnings.
+
+    Raises:
+        ValueError: unknown rule (lists the valid ones).
+        CubeSizeError: a size that does not fit N (see :func:`check_cube_sizes`).
     """
     if rule not in RULES:  # fail before the expensive UMAP step
         raise ValueError(f"unknown filter rule {rule!r}; valid choices: {', '.join(RULES)}")
-    n = len(representations)
-    z = reduce_umap(representations, n_components, n_neighbors, min_dist, metric, seed)
-    mcs = resolve_size(min_cluster_size, n, "min_cluster_size")
-    ms = resolve_size(min_samples, n, "min_samples")
-    clusters = cluster_hdbscan(z, mcs, ms)
+    sizes = check_cube_sizes(len(representations), n_components, n_neighbors, min_cluster_size, min_samples)
+    z = reduce_umap(representations, n_components, sizes.n_neighbors, min_dist, metric, seed, sizes.init)
+    clusters = cluster_hdbscan(z, sizes.min_cluster_size, sizes.min_samples)
     flagged = filter_clusters(clusters, labels, num_labels, rule, keep_ratio)
     if predictions is not None:
         flagged = apply_fit_filter(flagged, predictions, labels)
-    return DetectionResult(flagged, clusters, z, degenerate_warnings(clusters, flagged, num_labels))
+    return DetectionResult(flagged, clusters, z,
+                           sizes.notes + degenerate_warnings(clusters, flagged, num_labels))
 
 
-def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray) -> dict:
+def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray | None) -> dict:
     """Precision, recall, F1 (0-1) of ``flagged`` [N] against the ground truth [N].
 
     An empty flag set has precision 0 (and F1 0) unless there is no poison at all.
+    ``is_poisoned=None`` means the ground truth is unknown (a user dataset with only
+    ``suspect`` marks or none, attack ``given``): precision, recall, F1, ``true_poisoned`` and
+    ``true_positives`` are then ``None`` and ``ground_truth`` is ``"unknown"``, never a made-up number.
     """
+    if is_poisoned is None:
+        return {"precision": None, "recall": None, "f1": None, "flagged": int(np.asarray(flagged, bool).sum()),
+                "true_poisoned": None, "true_positives": None, "ground_truth": "unknown"}
     f, t = np.asarray(flagged, bool), np.asarray(is_poisoned, bool)
     tp = int((f & t).sum())
     precision = tp / f.sum() if f.sum() else float(not t.any())

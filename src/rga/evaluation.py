@@ -174,6 +174,20 @@ def evaluate_model(model, tokenizer, test_clean, test_poisoned_all, target_label
     return m, {"clean": pc, "triggered": pt}
 
 
+def evaluate_triggered(model, tokenizer, test_poisoned_all, target_label: int, batch_size: int = 128,
+                       max_length: int = 128) -> dict:
+    """PACC and LFR (percent) of ``model`` on the fully triggered test set alone.
+
+    For the unlearning curves between record epochs: only PACC is plotted there, so the clean
+    test set is not re-scored (about half the evaluation cost). Returns ``{"pacc", "lfr"}``.
+    """
+    from .training import predict_logits
+
+    pt = predict_logits(model, tokenizer, test_poisoned_all["text"].tolist(), batch_size, max_length).argmax(1)
+    y = test_poisoned_all["label"].to_numpy()
+    return {"pacc": pacc(pt, y), "lfr": lfr(pt, y, target_label)}
+
+
 def confusion_rows(preds: Sequence[int], labels: Sequence[int], names: Sequence[str] | None = None) -> list[dict]:
     """Rows ``{"actual": ..., "predicted": ...}`` for DVC's ``confusion`` plot template."""
     name = (lambda i: names[i]) if names else str

@@ -15,8 +15,23 @@ import pandas as pd
 
 from .evaluation import delta_pacc, trigger_shift
 
-TABLE_METHODS = ("retrain", "ga", "npo", "rga", "dga")
-DISPLAY = {"poisoned": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA", "dga": "DGA"}
+FIXED_DISPLAY = {"poisoned": "Poisoned", "retrain": "ReTrain"}
+
+
+def display(method: str) -> str:
+    """A method's display name: ``Poisoned``/``ReTrain``, else the registry's (e.g. ``SimNPO``).
+
+    Methods come from the matrix (``matrix.methods`` + ``matrix.plugin_methods``) and the
+    registry; nothing here lists them. An unregistered name is shown upper-cased.
+    """
+    if method in FIXED_DISPLAY:
+        return FIXED_DISPLAY[method]
+    from .unlearning import get_method
+
+    try:
+        return get_method(method).display
+    except ValueError:
+        return method.upper()
 
 
 class MissingCellError(FileNotFoundError):
@@ -116,11 +131,11 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
         ``(markdown, dataframe)``; the dataframe holds the means and stds as numbers.
     """
     df = pd.DataFrame(rows)
-    methods = [m for m in TABLE_METHODS if m in set(methods) | {"retrain"}]
+    methods = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
     header = ["Model", "Dataset", "Attack"]
     for m in methods:
         cols = ["CACC", "LFR", "PACC"] + ([] if m == "retrain" else ["ΔPACC"])
-        header += [f"{DISPLAY[m]} {c}" for c in cols]
+        header += [f"{display(m)} {c}" for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     records, notes = [], []
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
@@ -150,10 +165,12 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
 
 
 def shift_table(rows: list[dict]) -> str:
-    """Markdown: trigger shift (pp) per method and the detection F1, mean over seeds."""
+    """Markdown: trigger shift (pp) per method and the detection F1, mean over seeds; methods in
+    the order of ``rows`` (poisoned and ReTrain first)."""
     df = pd.DataFrame(rows)
-    methods = [m for m in ("poisoned",) + TABLE_METHODS if m in set(df.method)]
-    lines = ["| Model | Dataset | Attack | CUBE F1 | " + " | ".join(f"{DISPLAY[m]} shift" for m in methods) + " |",
+    methods = list(dict.fromkeys(["poisoned", "retrain"] + df.method.tolist()))
+    methods = [m for m in methods if m in set(df.method)]
+    lines = ["| Model | Dataset | Attack | CUBE F1 | " + " | ".join(f"{display(m)} shift" for m in methods) + " |",
              "|---|---|---|---:|" + "---:|" * len(methods)]
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
         f1 = g["detect_f1"].dropna()
@@ -172,7 +189,16 @@ def matrix_cells(params: dict) -> list[tuple]:
 # ----------------------------------------------------------------------------- figures
 
 COLORS = {"retrain": "#2a9d8f", "ga": "#e63946", "npo": "#f4a261", "rga": "#1d3557", "dga": "#8d99ae",
-          "poisoned": "#6d597a"}
+          "poisoned": "#6d597a"}  # fixed colours for the paper's methods; others take the tab10 cycle
+
+
+def color(method: str, i: int = 0) -> str:
+    """Line colour of ``method`` (its fixed colour, else the ``i``-th of matplotlib's tab10)."""
+    if method in COLORS:
+        return COLORS[method]
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](i % 10)
 
 
 def load_curves(plots_dir: Path, cell: str, methods: list[str]) -> dict[str, pd.DataFrame]:
@@ -194,10 +220,10 @@ def plot_curve(curves: dict, column: str, cell: str, ylabel: str, title: str, re
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for m, df in curves.items():
+    for i, (m, df) in enumerate(curves.items()):
         if column in df and df[column].notna().any():
             d = df[["epoch", column]].dropna()
-            ax.plot(d["epoch"], d[column], marker="o", ms=3, label=DISPLAY[m], color=COLORS.get(m))
+            ax.plot(d["epoch"], d[column], marker="o", ms=3, label=display(m), color=color(m, i))
     if ref is not None:
         ax.axhline(ref, ls="--", color=COLORS["retrain"], label="ReTrain")
     if logy:
@@ -233,7 +259,7 @@ def plot_confusions(mats: dict[str, np.ndarray], names: list[str], cell: str):
                     color="white" if share[i, j] > 60 else "black")
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_title(DISPLAY.get(m, m), fontsize=10)
+        ax.set_title(display(m), fontsize=10)
         ax.set_xlabel("predicted label")
     axes[0][0].set_ylabel("true label")
     fig.suptitle(f"Fully triggered test set (trigger in every class, original labels) — {cell}", fontsize=10)

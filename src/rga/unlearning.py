@@ -1,32 +1,40 @@
-"""Backdoor unlearning objectives and the unlearning epoch (paper §3.2, §5, §6.1).
+"""Backdoor unlearning: the method registry and the shared unlearning loop (paper §3.2, §5, §6.1).
 
-Each objective is one small function from a forget batch and a retain batch to a loss:
+A method is one small function from a forget batch and a retain batch to a loss, registered by
+name with :func:`register`; each built-in lives in its own module under ``rga/methods/``:
 
-- ``ga_loss``  (Eq. 3):  CE(retain) − CE(forget)
-- ``npo_loss`` (Zhang et al., 2024): CE(retain) − (2/β)·mean log σ(−β·(log p_θ(y|x) − log p_ref(y|x)))
-- ``rga_loss`` (Eq. 6-7): −λ·CE(forget) + CE(retain) + β·Σ_i ‖θ_i − θ_base,i‖₂,  λ = exp(−α·KL)
-- ``dga_loss`` (Table 3 ablation): RGA without the norm term.
+- ``ga``     (Eq. 3):  CE(retain) − CE(forget)
+- ``npo``    (Zhang et al., 2024): CE(retain) − (2/β)·mean log σ(−β·(log p_θ(y|x) − log p_ref(y|x)))
+- ``rga``    (Eq. 6-7): −λ·CE(forget) + CE(retain) + β·Σ_i ‖θ_i − θ_base,i‖₂,  λ = exp(−α·KL)
+- ``dga``    (Table 3 ablation): RGA without the norm term
+- ``simnpo`` (Fan et al., 2024): reference-free NPO, CE(retain) − (2/β)·mean log σ(−β·log p_θ(y|x) − γ)
+- ``ft``     retain-only fine-tuning: CE(retain)
 
 Everything else (batching, optimiser, clipping, evaluation, logging) is shared in
-:func:`unlearn`. ReTrain reuses :func:`rga.training.train_classifier` instead.
+:func:`unlearn`. ReTrain reuses :func:`rga.training.train_classifier` instead. A user's method
+needs no edit here: a module that calls :func:`register` and is listed in ``unlearn.plugins``
+(or lives in the repository's ``plugins/<name>.py``) is picked up by the pipeline.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import math
+import pkgutil
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .models import autocast
-from .training import NonFiniteLossError, encode_batch, length_grouped_batches, set_seed, token_lengths
+from .training import (NonFiniteLossError, clip_gradients, collate, length_grouped_batches, log_epoch,
+                       make_optimizer, progress_bar, set_seed, tokenize_once)
 
-METHODS = ("ga", "npo", "rga", "dga")
 KL_DIRECTIONS = ("poisoned_current", "current_poisoned")
 
 
@@ -40,7 +48,10 @@ class Batch:
         retain_logits: [B_r, C] current logits on the paired retain batch (with grad).
         retain_labels: [B_r].
         ref_forget_logits: [B_f, C] logits of the frozen poisoned model on the forget rows
-            (computed once before unlearning); needed by NPO, RGA, DGA.
+            (computed once before unlearning); set for methods with ``needs_reference``.
+        params: the model's backbone parameters, paired with ``base`` (methods with
+            ``needs_base``, e.g. RGA's norm term); empty otherwise.
+        base: their base-model values θ_base (same shapes, frozen).
     """
 
     forget_logits: torch.Tensor
@@ -48,33 +59,183 @@ class Batch:
     retain_logits: torch.Tensor
     retain_labels: torch.Tensor
     ref_forget_logits: torch.Tensor | None = None
+    params: Sequence[torch.Tensor] = ()
+    base: Sequence[torch.Tensor] = ()
 
 
-def ga_loss(b: Batch) -> tuple[torch.Tensor, dict]:
-    """Vanilla gradient ascent with a retain term, Eq. 3: CE(retain) − CE(forget). Scalar."""
-    f = F.cross_entropy(b.forget_logits, b.forget_labels)
-    r = F.cross_entropy(b.retain_logits, b.retain_labels)
-    return r - f, {"forget_ce": f.item(), "retain_ce": r.item()}
+# ----------------------------------------------------------------------------- registry
 
+@dataclass(frozen=True)
+class Method:
+    """A registered unlearning method.
 
-def npo_loss(b: Batch, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """NPO (Zhang et al., 2024) with a retain term. Scalar.
-
-    loss = CE(retain) + mean_i [ −(2/β) · log σ(−β · (log p_θ(y_i|x_i) − log p_ref(y_i|x_i))) ]
-    with p_ref the frozen poisoned model. At p_θ = p_ref the forget term is (2/β)·log 2.
+    Attributes:
+        name: the name used in ``matrix.methods``, the stage names and the params section.
+        loss: ``loss(batch, **params) -> (scalar loss, logs)``; logs must hold ``forget_ce``
+            and ``retain_ce`` (nats) and may add more (e.g. ``lambda``).
+        params: the method's params with their defaults (from the loss's keyword arguments);
+            ``params.yaml`` section ``<name>:`` overrides them.
+        checks: per param, a tuple of valid values or ``(predicate, "description")``.
+        needs_reference: the loss reads ``batch.ref_forget_logits`` (the poisoned model's logits).
+        needs_base: the loss reads ``batch.params``/``batch.base`` (θ and θ_base).
+        display: name in tables and figures.
+        module: the module that registered it.
+        initial_logs: values of its logs before any update (epoch 0), e.g. ``{"lambda": 1.0}``.
     """
-    logp = F.log_softmax(b.forget_logits, -1).gather(1, b.forget_labels[:, None]).squeeze(1)
-    logp_ref = F.log_softmax(b.ref_forget_logits, -1).gather(1, b.forget_labels[:, None]).squeeze(1)
-    forget = (-(2.0 / beta) * F.logsigmoid(-beta * (logp - logp_ref))).mean()
-    r = F.cross_entropy(b.retain_logits, b.retain_labels)
-    f_ce = F.cross_entropy(b.forget_logits.detach(), b.forget_labels)
-    return r + forget, {"forget_ce": f_ce.item(), "retain_ce": r.item(), "npo_forget": forget.item()}
+
+    name: str
+    loss: Callable[..., tuple]
+    params: dict
+    checks: dict = field(default_factory=dict)
+    needs_reference: bool = False
+    needs_base: bool = False
+    display: str = ""
+    module: str = ""
+    initial_logs: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, display: str | None = None, needs_reference: bool = False, needs_base: bool = False,
+             checks: dict | None = None, initial_logs: dict | None = None) -> Callable:
+    """Decorator that registers a loss function as unlearning method ``name``.
+
+    The loss takes a :class:`Batch` first; its other arguments are the method's params and
+    must all be keyword arguments with defaults (their types are taken from the defaults).
+
+    Example::
+
+        @register("my_ga", checks={"scale": (lambda v: v > 0, "> 0")})
+        def my_ga_loss(b: Batch, scale: float = 1.0):
+            f = F.cross_entropy(b.forget_logits, b.forget_labels)
+            r = F.cross_entropy(b.retain_logits, b.retain_labels)
+            return r - scale * f, {"forget_ce": f.item(), "retain_ce": r.item()}
+
+    Raises:
+        ValueError: ``name`` is already registered (by another function), is not a plain
+            identifier, or a param has no default; ``checks`` names an unknown param.
+    """
+    def deco(fn: Callable) -> Callable:
+        if not name.isidentifier() or name != name.lower() or name in ("retrain", "poisoned"):
+            raise ValueError(f"method name {name!r} must be a lower-case identifier other than "
+                             "'retrain' and 'poisoned'")
+        old = _REGISTRY.get(name)
+        if old is not None and (old.module, old.loss.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"unlearning method {name!r} is already registered by {old.module}.{old.loss.__qualname__}; "
+                             f"choose another name for {fn.__module__}.{fn.__qualname__}")
+        sig = list(inspect.signature(fn).parameters.values())
+        if not sig:
+            raise ValueError(f"method {name!r}: the loss must take a Batch as its first argument")
+        params = {}
+        for p in sig[1:]:
+            if p.default is inspect.Parameter.empty:
+                raise ValueError(f"method {name!r}: parameter {p.name!r} of {fn.__qualname__} has no default; "
+                                 "every method param needs one (it is the value used when params.yaml omits it)")
+            params[p.name] = p.default
+        unknown = set(checks or {}) - set(params)
+        if unknown:
+            raise ValueError(f"method {name!r}: checks for unknown param(s) {sorted(unknown)}; params: {sorted(params)}")
+        _REGISTRY[name] = Method(name, fn, params, dict(checks or {}), needs_reference, needs_base,
+                                 display or name.upper(), fn.__module__, dict(initial_logs or {}))
+        return fn
+
+    return deco
+
+
+def builtin_methods() -> tuple[str, ...]:
+    """Names of the built-in methods (the modules of ``rga/methods``)."""
+    from . import methods
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(methods.__path__)))
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import user modules that register methods (``unlearn.plugins``).
+
+    Raises:
+        ValueError: a module cannot be imported (names it and the import error).
+    """
+    for mod in modules or ():
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:
+            raise ValueError(f"unlearn.plugins: cannot import {mod!r} ({err}); it must be importable "
+                             "from the repository root or an installed package") from err
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``, importing its built-in module on first use.
+
+    Raises:
+        ValueError: unknown method; the message lists the valid choices.
+    """
+    if name not in _REGISTRY and name in builtin_methods():
+        importlib.import_module(f"{__package__}.methods.{name}")
+    if name not in _REGISTRY:
+        known = sorted(set(builtin_methods()) | set(_REGISTRY))
+        raise ValueError(f"unknown unlearning method {name!r}; valid choices: {', '.join(known)} "
+                         "(ReTrain is the 'retrain' stage; a method of your own must be registered, see "
+                         "unlearn.plugins)")
+    return _REGISTRY[name]
+
+
+def _check_value(method: str, key: str, value: Any, default: Any, check) -> Any:
+    where = f"{method}.{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        value = type(default)(value) if isinstance(default, float) else value
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    if isinstance(check, tuple) and check and callable(check[0]):
+        pred, text = check
+        if not pred(value):
+            raise ValueError(f"{where} must be {text}, got {value!r}")
+    elif check is not None and value not in check:
+        raise ValueError(f"unknown {where} {value!r}; valid choices: {', '.join(map(str, check))}")
+    return value
+
+
+def validate_method_params(method: str, method_params: dict | None) -> dict:
+    """Check a method's params section (``<method>:`` in params.yaml) against its registration.
+
+    Returns:
+        the full params: defaults overridden by ``method_params``.
+
+    Raises:
+        ValueError: unknown method, unknown key (a typo such as ``rga.alpah`` would otherwise be
+            silently ignored), a value of the wrong type or outside its check (e.g.
+            ``npo.beta`` <= 0, an unknown ``kl_direction``); the message names the key, the value
+            and the valid choices.
+    """
+    m = get_method(method)
+    given = dict(method_params or {})
+    unknown = set(given) - set(m.params)
+    if unknown:
+        valid = ", ".join(sorted(f"{method}.{k}" for k in m.params)) or "none"
+        raise ValueError(f"unknown key(s) {sorted(f'{method}.{k}' for k in unknown)}; valid keys: {valid}")
+    out = dict(m.params)
+    for k, v in given.items():
+        out[k] = _check_value(method, k, v, m.params[k], m.checks.get(k))
+    return out
+
+
+def make_objective(method: str, method_params: dict) -> Callable[[Batch], tuple]:
+    """The loss function of ``method`` with its params bound (validated first).
+
+    Raises:
+        ValueError: see :func:`validate_method_params`.
+    """
+    return functools.partial(get_method(method).loss, **validate_method_params(method, method_params))
+
+
 def rga_weight(forget_logits: torch.Tensor, ref_forget_logits: torch.Tensor, alpha: float,
                kl_direction: str = "poisoned_current") -> tuple[torch.Tensor, torch.Tensor]:
-    """The adaptive GA weight λ = exp(−α·KL) of Eq. 7, computed without gradient.
+    """The adaptive GA weight λ = exp(−α·KL) of Eq. 7, computed without gradient (shared by RGA and DGA).
 
     Args:
         forget_logits: [B, C] current logits on the forget batch.
@@ -87,8 +248,8 @@ def rga_weight(forget_logits: torch.Tensor, ref_forget_logits: torch.Tensor, alp
 
     In :func:`unlearn` the current logits are those of the training forward pass (train mode,
     with dropout) while the reference logits are computed once in eval mode, so λ starts
-    slightly below 1 even before any update (measured here: 0.998 in the first epoch) — the
-    same single forward pass serves the loss and λ, as in GA-style implementations.
+    slightly below 1 even before any update — the same single forward pass serves the loss
+    and λ, as in GA-style implementations.
 
     Returns:
         ``(lam, kl)``: scalar tensors, λ ∈ (0, 1].
@@ -98,53 +259,15 @@ def rga_weight(forget_logits: torch.Tensor, ref_forget_logits: torch.Tensor, alp
     """
     if kl_direction not in KL_DIRECTIONS:
         raise ValueError(f"unknown kl_direction {kl_direction!r}; valid choices: {', '.join(KL_DIRECTIONS)}")
-    logp_cur = F.log_softmax(forget_logits.float(), -1)
-    logp_ref = F.log_softmax(ref_forget_logits.float(), -1)
-    if kl_direction == "poisoned_current":
-        kl = (logp_ref.exp() * (logp_ref - logp_cur)).sum(-1).mean()
-    else:
-        kl = (logp_cur.exp() * (logp_cur - logp_ref)).sum(-1).mean()
-    kl = kl.clamp_min(0.0)
-    return torch.exp(-alpha * kl), kl
-
-
-def param_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ_i ‖θ_i − θ_base,i‖₂ over parameter tensors (plain, not squared, norms; Eq. 6 term iii
-    applied per tensor as in the authors' implementation). Differentiable w.r.t. ``params``.
-
-    Computed in one fused pass (``torch._foreach_sub`` / ``torch._foreach_norm``) instead of a
-    Python loop over hundreds of tensors. Returns a scalar (0 when θ = θ_base).
-    """
-    if not params:
-        return torch.zeros(())
-    diffs = torch._foreach_sub(list(params), list(base))
-    norms = torch._foreach_norm(diffs)
-    return torch.stack([n.float() for n in norms]).sum()
-
-
-def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05, kl_direction: str = "poisoned_current",
-             params: Sequence[torch.Tensor] = (), base: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, dict]:
-    """Robust Gradient Ascent, Eq. 6: −λ·CE(forget) + CE(retain) + β·Σ‖θ − θ_base‖₂. Scalar.
-
-    λ comes from :func:`rga_weight` (no gradient flows through it). ``params`` are the
-    backbone parameters that exist in the base model (the classifier head is excluded: the
-    base model has none), ``base`` their pretrained values θ_base.
-    """
-    lam, kl = rga_weight(b.forget_logits, b.ref_forget_logits, alpha, kl_direction)
-    f = F.cross_entropy(b.forget_logits, b.forget_labels)
-    r = F.cross_entropy(b.retain_logits, b.retain_labels)
-    loss = -lam * f + r
-    logs = {"forget_ce": f.item(), "retain_ce": r.item(), "lambda": lam.item(), "kl": kl.item()}
-    if beta:
-        dist = param_distance(params, base)
-        loss = loss + beta * dist
-        logs["param_distance"] = dist.item()
-    return loss, logs
-
-
-def dga_loss(b: Batch, alpha: float = 2.0, kl_direction: str = "poisoned_current") -> tuple[torch.Tensor, dict]:
-    """Dynamic Gradient Ascent (Table 3 ablation): RGA terms i + ii, no norm term."""
-    return rga_loss(b, alpha=alpha, beta=0.0, kl_direction=kl_direction)
+    with torch.no_grad():
+        logp_cur = F.log_softmax(forget_logits.float(), -1)
+        logp_ref = F.log_softmax(ref_forget_logits.float(), -1)
+        if kl_direction == "poisoned_current":
+            kl = (logp_ref.exp() * (logp_ref - logp_cur)).sum(-1).mean()
+        else:
+            kl = (logp_cur.exp() * (logp_cur - logp_ref)).sum(-1).mean()
+        kl = kl.clamp_min(0.0)
+        return torch.exp(-alpha * kl), kl
 
 
 @dataclass
@@ -155,8 +278,11 @@ class UnlearnConfig:
     each paired with a random retain batch of ``batch_size`` rows (drawn, seeded, from a
     length-grouped shuffle of the retain set, as in fine-tuning, so both halves of a step are
     padded tightly; the retain shuffle carries over between epochs); gradients are clipped to
-    ``grad_clip``. Metrics are evaluated every ``eval_every`` epochs, at ``record_epochs``
-    and at the last epoch.
+    ``grad_clip``. Forget and retain batches go through the model in two forward passes, each
+    padded to its own longest row: one joint pass padded both to the longer of the two and was
+    about 7% slower per epoch on SST-2 (measured on the project's 2-core CPU). Metrics are
+    evaluated every ``eval_every`` epochs (PACC and LFR only) and in full (CACC, LFR, PACC,
+    trigger shift) at ``record_epochs`` and at the last epoch.
     """
 
     epochs: int = 30
@@ -167,60 +293,6 @@ class UnlearnConfig:
     eval_every: int = 1
     record_epochs: tuple[int, ...] = (10, 20, 30)
     seed: int = 0
-
-
-METHOD_KEYS = {"ga": {"objective"}, "npo": {"beta"}, "rga": {"alpha", "beta", "kl_direction"},
-               "dga": {"alpha", "kl_direction"}}
-
-
-def validate_method_params(method: str, method_params: dict | None) -> dict:
-    """Check a method's params section (``ga``/``npo``/``rga``/``dga`` in params.yaml).
-
-    Raises:
-        ValueError: unknown method, unknown key (a typo such as ``rga.alpah`` would otherwise be
-            silently ignored), ``npo.beta`` <= 0, negative ``alpha``/``rga.beta``, or an unknown
-            ``kl_direction``; the message names the key, the value and the valid choices.
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown unlearning method {method!r}; valid choices: {', '.join(METHODS)} "
-                         "(ReTrain is the 'retrain' stage)")
-    mp = dict(method_params or {})
-    unknown = set(mp) - METHOD_KEYS[method]
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(f'{method}.{k}' for k in unknown)}; valid keys: "
-                         f"{', '.join(sorted(f'{method}.{k}' for k in METHOD_KEYS[method]))}")
-    if method == "npo" and float(mp.get("beta", 1.0)) <= 0:
-        raise ValueError(f"npo.beta must be > 0, got {mp['beta']}")
-    if float(mp.get("alpha", 0.0)) < 0:
-        raise ValueError(f"{method}.alpha must be >= 0, got {mp['alpha']}")
-    if method == "rga" and float(mp.get("beta", 0.0)) < 0:
-        raise ValueError(f"rga.beta must be >= 0, got {mp['beta']}")
-    if mp.get("kl_direction", KL_DIRECTIONS[0]) not in KL_DIRECTIONS:
-        raise ValueError(f"unknown {method}.kl_direction {mp['kl_direction']!r}; valid choices: "
-                         f"{', '.join(KL_DIRECTIONS)}")
-    return mp
-
-
-def make_objective(method: str, method_params: dict, params=(), base=()) -> Callable[[Batch], tuple]:
-    """The loss function of ``method`` with its params bound (validated first).
-
-    Raises:
-        ValueError: see :func:`validate_method_params`.
-    """
-    mp = validate_method_params(method, method_params)
-    if method == "ga":
-        return ga_loss
-    if method == "npo":
-        return lambda b: npo_loss(b, beta=float(mp.get("beta", 1.0)))
-    if method == "rga":
-        return lambda b: rga_loss(b, alpha=float(mp.get("alpha", 2.0)), beta=float(mp.get("beta", 0.05)),
-                                  kl_direction=mp.get("kl_direction", "poisoned_current"),
-                                  params=params, base=base)
-    if method == "dga":
-        return lambda b: dga_loss(b, alpha=float(mp.get("alpha", 2.0)),
-                                  kl_direction=mp.get("kl_direction", "poisoned_current"))
-    raise ValueError(f"unknown unlearning method {method!r}; valid choices: {', '.join(METHODS)} "
-                     "(ReTrain is the 'retrain' stage)")
 
 
 def backbone_pairs(model, base_state: dict[str, torch.Tensor]) -> tuple[list, list]:
@@ -240,8 +312,8 @@ def backbone_pairs(model, base_state: dict[str, torch.Tensor]) -> tuple[list, li
 def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequence[int],
             retain_texts: Sequence[str], retain_labels: Sequence[int], method: str, cfg: UnlearnConfig,
             method_params: dict | None = None, ref_forget_logits: np.ndarray | None = None,
-            base_state: dict | None = None, evaluate: Callable[[], dict] | None = None,
-            on_epoch_end: Callable[[int, dict], None] | None = None, where: str = "",
+            base_state: dict | None = None, evaluate: Callable[[bool], dict] | None = None,
+            initial_metrics: dict | None = None, on_epoch_end: Callable[[int, dict], None] | None = None, where: str = "",
             progress: bool = True, inject_nan_at_epoch: int | None = None) -> list[dict]:
     """Unlearn the forget set from ``model`` in place.
 
@@ -249,13 +321,18 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         model, tokenizer: the poisoned model (updated in place) and its tokenizer.
         forget_texts, forget_labels: the forget set (N_f rows), e.g. CUBE's detected poison.
         retain_texts, retain_labels: the retain set (N_r rows).
-        method: one of :data:`METHODS`.
+        method: a registered method name (:func:`get_method`).
         cfg: :class:`UnlearnConfig`.
         method_params: ``npo``/``rga``/``dga`` section of params (β, α, kl_direction).
         ref_forget_logits: [N_f, C] poisoned-model logits on the forget rows, computed once.
         base_state: name -> θ_base tensor, for RGA's norm term.
-        evaluate: returns metrics (e.g. cacc/lfr/pacc) of the current model; called at
-            epoch 0 and at the evaluation epochs.
+        evaluate: ``evaluate(full)`` returns metrics of the current model: all of them
+            (cacc/lfr/pacc/trigger_shift) when ``full`` is true (record epochs, last epoch,
+            epoch 0), else at least PACC (the clean test set need not be re-scored where only
+            PACC is plotted).
+        initial_metrics: the poisoned model's metrics, already computed by the finetune stage;
+            when given, epoch 0's record takes them instead of evaluating the unchanged model
+            again.
         on_epoch_end: ``f(epoch, record)`` after each epoch (and for epoch 0), e.g. logging.
         where: cell name used in error messages.
         inject_nan_at_epoch: testing hook: the loss of that epoch's first step becomes NaN.
@@ -268,22 +345,24 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         NonFiniteLossError: a non-finite loss; names method, cell and epoch. Records of the
             epochs before it have already been passed to ``on_epoch_end``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown unlearning method {method!r}; valid choices: {', '.join(METHODS)}")
+    spec = get_method(method)
     if len(forget_texts) == 0:
         raise ValueError(f"{where}: empty forget set")
-    if method in ("npo", "rga", "dga") and ref_forget_logits is None:
+    if spec.needs_reference and ref_forget_logits is None:
         raise ValueError(f"{method} needs the poisoned model's reference logits on the forget set")
     set_seed(cfg.seed)
     device = next(model.parameters()).device
-    params, base = backbone_pairs(model, base_state or {}) if method == "rga" else ([], [])
-    objective = make_objective(method, method_params or {}, params, base)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if spec.needs_base and not base_state:
+        raise ValueError(f"{method} needs the base model's parameters (base_state)")
+    params, base = backbone_pairs(model, base_state) if spec.needs_base else ([], [])
+    objective = make_objective(method, method_params or {})
+    opt = make_optimizer(model, cfg.lr, weight_decay=0.0)
     yf = torch.as_tensor(np.asarray(forget_labels), dtype=torch.long)
     yr = torch.as_tensor(np.asarray(retain_labels), dtype=torch.long)
     ref = torch.as_tensor(ref_forget_logits, dtype=torch.float32) if ref_forget_logits is not None else None
-    lengths = token_lengths(tokenizer, forget_texts, cfg.max_length)
-    retain_lengths = token_lengths(tokenizer, retain_texts, cfg.max_length)
+    forget_tokens = tokenize_once(tokenizer, forget_texts, cfg.max_length)
+    retain_tokens = tokenize_once(tokenizer, retain_texts, cfg.max_length)
+    warn_small_sets(len(forget_texts), len(retain_texts), cfg.batch_size, where)
     rng = np.random.default_rng([cfg.seed, 202])
     retain_rng = np.random.default_rng([cfg.seed, 203])
     retain_queue: list[np.ndarray] = []
@@ -291,7 +370,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
     def next_retain_batch() -> np.ndarray:
         while True:
             if not retain_queue:
-                retain_queue.extend(length_grouped_batches(retain_lengths, cfg.batch_size, retain_rng))
+                retain_queue.extend(length_grouped_batches(retain_tokens.lengths, cfg.batch_size, retain_rng))
             b = retain_queue.pop()
             if len(b) == min(cfg.batch_size, len(retain_texts)):  # skip short tail batches
                 return b
@@ -300,28 +379,30 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
     rec0 = {"epoch": 0}
     if ref is not None:
         rec0["poison_loss"] = float(F.cross_entropy(ref, yf).item())
-    if method in ("rga", "dga"):
-        rec0["lambda"] = 1.0
-    if evaluate:
-        rec0.update(evaluate())
+    rec0.update(spec.initial_logs)  # e.g. RGA's λ = 1 before any update
+    if initial_metrics is not None:
+        rec0.update(initial_metrics)
+    elif evaluate:
+        rec0.update(evaluate(True))
     history.append(rec0)
     if on_epoch_end:
         on_epoch_end(0, rec0)
 
+    desc = f"{method} {where}".strip()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
-        bar = tqdm(batches, desc=f"{method} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        batches = length_grouped_batches(forget_tokens.lengths, cfg.batch_size, rng)
+        bar = progress_bar(batches, f"{method} epoch {epoch}/{cfg.epochs}", progress)
         for step, fidx in enumerate(bar):
             ridx = next_retain_batch()
-            fb = encode_batch(tokenizer, [forget_texts[i] for i in fidx], cfg.max_length, device)
-            rb = encode_batch(tokenizer, [retain_texts[i] for i in ridx], cfg.max_length, device)
-            with autocast(device):
+            fb = collate(tokenizer, forget_tokens.rows(fidx), device)
+            rb = collate(tokenizer, retain_tokens.rows(ridx), device)
+            with autocast(model):  # one autocast region: the bf16 weight casts are made once per step
                 f_logits, r_logits = model(**fb).logits.float(), model(**rb).logits.float()
             b = Batch(f_logits, yf[fidx].to(device), r_logits, yr[ridx].to(device),
-                      ref[fidx].to(device) if ref is not None else None)
+                      ref[fidx].to(device) if ref is not None else None, params, base)
             loss, logs = objective(b)
             if inject_nan_at_epoch == epoch and step == 0:
                 loss = loss * float("nan")
@@ -331,7 +412,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
                     f"({loss.item()}) at epoch {epoch} step {step}; metrics of epochs 0-{epoch - 1} were kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            clip_gradients(model, cfg.grad_clip)
             opt.step()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v * len(fidx)
@@ -344,13 +425,34 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
             rec["kl"] = sums["kl"] / n
         if "param_distance" in sums:
             rec["param_distance"] = sums["param_distance"] / n
-        if evaluate and (epoch % max(cfg.eval_every, 1) == 0 or epoch in cfg.record_epochs or epoch == cfg.epochs):
-            rec.update(evaluate())
+        full = epoch in cfg.record_epochs or epoch == cfg.epochs
+        if evaluate and (full or epoch % max(cfg.eval_every, 1) == 0):
+            rec.update(evaluate(full))
         history.append(rec)
+        log_epoch(desc, rec)
         if on_epoch_end:
             on_epoch_end(epoch, rec)
     model.eval()
     return history
+
+
+def warn_small_sets(n_forget: int, n_retain: int, batch_size: int, where: str = "") -> None:
+    """Log a warning when the forget or retain set is smaller than one batch.
+
+    Not an error: a 1-row forget set (e.g. a detector that found almost nothing) still runs,
+    one short step per epoch, but its results say little; the warning says what to change.
+    """
+    import logging
+
+    log = logging.getLogger("rga")
+    if n_forget < batch_size:
+        log.warning("%s: the forget set has %d rows, fewer than one batch (unlearn.batch_size %d): each "
+                    "epoch is one step of %d rows; check the detection result or lower unlearn.batch_size",
+                    where or "unlearn", n_forget, batch_size, n_forget)
+    if n_retain < batch_size:
+        log.warning("%s: the retain set has %d rows, fewer than one batch (unlearn.batch_size %d): every "
+                    "step reuses all of them; lower unlearn.batch_size or use more training rows",
+                    where or "unlearn", n_retain, batch_size)
 
 
 def count_epoch_rows(n_forget: int, batch_size: int, seed: int = 0) -> np.ndarray:
