@@ -9,7 +9,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 from rga.data import read_csv_split

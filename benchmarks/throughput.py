@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rga.data import read_csv_split
-from rga.models import PYPI_MINILM, autocast, load_classifier, resolve_path
+from rga.models import PYPI_MINILM, load_classifier, resolve_path
 from rga.training import (TrainConfig, encode_batch, length_grouped_batches, predict_logits, set_seed,
                           token_lengths, train_classifier)
 from rga.unlearning import Batch, UnlearnConfig, make_objective, unlearn

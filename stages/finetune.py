@@ -36,59 +36,44 @@ train = read_parquet(adir / "train.parquet")
 clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
 ft = P["finetune"]
 
-if mspec.poisoned_path is not None:
-    set_seed(args.seed)
+set_seed(args.seed)
+logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",) if mspec.poisoned_path is None
+                     else ("cacc", "lfr", "pacc"))
+if mspec.poisoned_path is None:
+    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, precision=mspec.precision)
+    cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
+                      grad_clip=ft.get("grad_clip"), seed=args.seed)
+    t0 = time.perf_counter()
+    history = train_classifier(model, tok, train["text"].tolist(), train["label"].tolist(), cfg,
+                               on_epoch_end=logger.log, desc=f"finetune {cell}")
+    done = f"trained in {time.perf_counter() - t0:.0f}s"
+    extra = {"train_loss": history[-1]["train_loss"], "lr": mspec.lr, "epochs": mspec.epochs,
+             "train_rows": len(train), "precision": model.rga_precision}
+else:  # a user's own poisoned checkpoint: imported, not trained
     what = f"models.{args.model}.poisoned_path"
     try:
         model, tok = load_given_checkpoint(mspec.poisoned_path, spec.num_labels, mspec.kind, mspec.precision, what)
     except (ValueError, ModelNotFound, UnsafeWeightsError) as err:
         sys.exit(f"finetune {cell}: {err}")
-    save_classifier(model, tok, poisoned_model_dir(cell))
-    metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
-                                    ft["eval_batch_size"], ft["max_length"])
-    logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("cacc", "lfr", "pacc"))
-    logger.log(0, {k: metrics[k] for k in ("cacc", "lfr", "pacc")})
-    logger.close()
-    names = list(spec.label_names) or None
-    write_json(confusion_rows(preds["triggered"], trig["label"], names),
-               ROOT / "plots" / "confusion" / f"{cell}-poisoned.json")
-    write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
-                "lfr_per_class": metrics["lfr_per_class"], "trigger_shift": metrics["trigger_shift"],
-                "confusion_clean": metrics["confusion_clean"], "confusion_triggered": metrics["confusion_triggered"],
-                "confusion_clean_matched": metrics["confusion_clean_matched"],
-                "train_loss": None, "lr": None, "epochs": 0, "train_rows": 0, "precision": model.rga_precision,
-                "source": "poisoned_path", "poisoned_path": str(P["models"][args.model]["poisoned_path"]),
-                **checkpoint_hash(mspec.poisoned_path)},
-               ROOT / "metrics" / "poisoned" / f"{cell}.json")
-    print(f"finetune {cell}: imported {what} (no training); CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} "
-          f"PACC {metrics['pacc']:.2f}")
-    sys.exit(0)
-
-set_seed(args.seed)
-model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, precision=mspec.precision)
-cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
-                  grad_clip=ft.get("grad_clip"), seed=args.seed)
-logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",))
-t0 = time.perf_counter()
-history = train_classifier(model, tok, train["text"].tolist(), train["label"].tolist(), cfg,
-                           on_epoch_end=logger.log, desc=f"finetune {cell}")
-train_s = time.perf_counter() - t0
-logger.close()
+    done = f"imported {what} (no training)"
+    extra = {"train_loss": None, "lr": None, "epochs": 0, "train_rows": 0, "precision": model.rga_precision,
+             "source": "poisoned_path", "poisoned_path": str(P["models"][args.model]["poisoned_path"]),
+             **checkpoint_hash(mspec.poisoned_path)}
 save_classifier(model, tok, poisoned_model_dir(cell))
 
 metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                                 ft["eval_batch_size"], ft["max_length"])
+if mspec.poisoned_path is not None:  # the curves hold one epoch-0 record instead of training curves
+    logger.log(0, {k: metrics[k] for k in ("cacc", "lfr", "pacc")})
+logger.close()
 names = list(spec.label_names) or None
 write_json(confusion_rows(preds["triggered"], trig["label"], names),
            ROOT / "plots" / "confusion" / f"{cell}-poisoned.json")
 write_json({"cell": cell, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
             "lfr_per_class": metrics["lfr_per_class"], "trigger_shift": metrics["trigger_shift"],
             "confusion_clean": metrics["confusion_clean"], "confusion_triggered": metrics["confusion_triggered"],
-            "confusion_clean_matched": metrics["confusion_clean_matched"],
-            "train_loss": history[-1]["train_loss"], "lr": mspec.lr, "epochs": mspec.epochs,
-            "train_rows": len(train), "precision": model.rga_precision},
+            "confusion_clean_matched": metrics["confusion_clean_matched"], **extra},
            ROOT / "metrics" / "poisoned" / f"{cell}.json")
 # Timings differ between identical runs, so they stay out of the metrics and out of the cached
 # model folder (which downstream stages hash); per-epoch samples/s is in plots/finetune/<cell>/history.csv.
-print(f"finetune {cell}: CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f} "
-      f"({train_s:.0f}s)")
+print(f"finetune {cell}: CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f} ({done})")

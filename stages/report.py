@@ -4,7 +4,6 @@ import json
 import shutil
 import sys
 
-import numpy as np
 import pandas as pd
 
 from rga.data import dataset_spec

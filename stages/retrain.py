@@ -12,7 +12,7 @@ import time
 from rga.data import dataset_spec, read_parquet, stratified_subsample
 from rga.io import cell_name, write_json
 from rga.models import load_classifier, model_spec, save_classifier
-from rga.pipeline import ROOT, parse_cell, raw_dir, retrain_model_dir, stage_threads
+from rga.pipeline import parse_cell, raw_dir, retrain_model_dir, stage_threads
 from rga.training import TrainConfig, set_seed, train_classifier
 
 args = parse_cell("ReTrain on clean data", "model", "dataset", "seed")

@@ -9,7 +9,6 @@ them, and requires the same metrics as the normal path.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,29 +24,10 @@ from rga.data import DataError, DatasetSpec, fetch_dataset, read_train_split
 from rga.detection import detection_scores
 from rga.models import UnsafeWeightsError, load_given_checkpoint, model_spec
 
-REPO = Path(__file__).resolve().parents[1]
-GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
+from tinyrepo import GIT_ID, REPO, env_for, make_tiny_repo, run
+
 NORMAL, BYO = "minilm-sst2-badnets-0", "mine-byo-given-0"
 METHODS = ["ga", "rga"]
-
-
-def _env(mirror: Path, root: Path | None = None) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(RGA_DATA_MIRROR=str(mirror), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               DVC_NO_ANALYTICS="1")
-    env.pop("RGA_ROOT", None)
-    if root is not None:
-        env["RGA_ROOT"] = str(root)
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def export_user_inputs(root: Path, cell: str, dataset_dir: Path, checkpoint_dir: Path) -> None:
@@ -69,16 +49,7 @@ def export_user_inputs(root: Path, cell: str, dataset_dir: Path, checkpoint_dir:
 def byo_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
     """A tiny git+dvc repo: the normal path for NORMAL, then the user's copy of it as BYO."""
     root = tmp_path_factory.mktemp("byo") / "repo"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("stages", "src", "profiles"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    env = _env(mirror)
-    run(["git", "init", "-q"], root, env)
-    run(["dvc", "init", "-q"], root, env)
-    run(["dvc", "config", "core.analytics", "false"], root, env)
-    run([sys.executable, "-m", "rga.profile", "tiny"], root, env)
+    env = make_tiny_repo(root, mirror)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["matrix"].update(models=["minilm"], datasets=["sst2"], attacks=["badnets"], seeds=[0], methods=METHODS,
                             plugin_methods=[])
@@ -185,7 +156,7 @@ def _user_folder(folder: Path, with_triggered: bool = True, mark: str | None = "
 
 def _stage(root: Path, mirror: Path, script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     return run([sys.executable, str(REPO / "stages" / f"{script}.py"), *args, "--params", str(root / "params.yaml")],
-               root, _env(mirror, root), check=check)
+               root, env_for(mirror, root), check=check)
 
 
 def _params(root: Path, folder: Path, detector: str = "oracle") -> None:

@@ -3,49 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
-
-
-def _env(mirror: Path) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(RGA_DATA_MIRROR=str(mirror), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               DVC_NO_ANALYTICS="1")
-    env.pop("RGA_ROOT", None)
-    return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+from tinyrepo import GIT_ID, make_tiny_repo, run
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
     """A fresh git+dvc repo holding the project's pipeline with the tiny profile and a small matrix."""
     root = tmp_path_factory.mktemp("e2e") / "repo"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("stages", "src", "profiles"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    env = _env(mirror)
-    run(["git", "init", "-q"], root, env)
-    run(["dvc", "init", "-q"], root, env)
-    run(["dvc", "config", "core.analytics", "false"], root, env)
-    run([sys.executable, "-m", "rga.profile", "tiny"], root, env)
+    env = make_tiny_repo(root, mirror)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["matrix"]["attacks"] = ["badnets", "hiddenkiller"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

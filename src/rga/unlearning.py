@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import math
 import pkgutil
 import time
 from dataclasses import dataclass, field

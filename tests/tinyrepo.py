@@ -1,0 +1,51 @@
+"""Temporary git + DVC repositories holding this project's pipeline, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
+
+
+def env_for(mirror: Path, root: Path | None = None) -> dict:
+    """The environment a stage sees: this venv first on PATH, the data mirror, offline hub."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(RGA_DATA_MIRROR=str(mirror), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               DVC_NO_ANALYTICS="1")
+    env.pop("RGA_ROOT", None)
+    if root is not None:
+        env["RGA_ROOT"] = str(root)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd``; with ``check`` a non-zero exit fails the test with the output's tail."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_tiny_repo(root: Path, mirror: Path) -> dict:
+    """Copy the pipeline into a new git + DVC repository at ``root`` with the tiny profile applied.
+
+    Returns the environment to run its commands with (:func:`env_for`).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("stages", "src", "profiles"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = env_for(mirror)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run([sys.executable, "-m", "rga.profile", "tiny"], root, env)
+    return env
