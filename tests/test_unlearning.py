@@ -572,7 +572,29 @@ def test_validate_method_params_accepts_the_committed_params():
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert set(params["matrix"]["methods"]) <= set(METHODS)
     for m in METHODS:  # every built-in method has its params section, and it validates
-        assert validate_method_params(m, params[m]) == {**U.get_method(m).params, **(params[m] or {})}
+        section, save = U.split_method_section(m, params[m])
+        assert save is (m == "rga")  # the default run keeps RGA's cleaned model only
+        assert validate_method_params(m, section) == {**U.get_method(m).params, **section}
+
+
+def test_save_model_is_a_reserved_stage_option():
+    assert U.split_method_section("rga", {"alpha": 3.0, "save_model": True}) == ({"alpha": 3.0}, True)
+    assert U.split_method_section("ga", None) == ({}, False)
+    with pytest.raises(ValueError, match=r"ga\.save_model must be true or false, got 'yes'"):
+        U.split_method_section("ga", {"save_model": "yes"})
+    with pytest.raises(ValueError, match="'save_model' is reserved"):
+        U.register("toy_reserved")(lambda b, save_model=False: (b, {}))
+
+
+def test_unlearn_grad_clip_zero_means_no_clipping(tiny_bert_factory, tokenizer, sets):
+    # grad_clip 0 (or null) turns clipping off, as in fine-tuning; it must not zero the gradients
+    forget, yf, retain, yr = sets
+    model = tiny_bert_factory(seed=7)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = UnlearnConfig(epochs=1, lr=1e-3, batch_size=8, max_length=64, grad_clip=0.0, eval_every=1,
+                        record_epochs=(), seed=0)
+    unlearn(model, tokenizer, forget[:8], yf[:8], retain, yr, "ga", cfg, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # ----------------------------------------------------------------------------- registry, SimNPO, FT
@@ -629,7 +651,8 @@ def test_registered_toy_method_validates_and_runs(tiny_bert_factory, tokenizer, 
     try:
         m = U.get_method("toy_scaled_ga")
         assert (m.params, m.display, m.needs_reference, m.needs_base) == ({"scale": 0.5, "mode": "a"}, "ToyGA", False, False)
-        assert U.validate_method_params("toy_scaled_ga", {"scale": 2}) == {"scale": 2.0, "mode": "a"}
+        checked = U.validate_method_params("toy_scaled_ga", {"scale": 2})
+        assert checked == {"scale": 2.0, "mode": "a"} and type(checked["scale"]) is float
         with pytest.raises(ValueError, match=r"toy_scaled_ga\.scale must be > 0, got -1"):
             U.validate_method_params("toy_scaled_ga", {"scale": -1})
         with pytest.raises(ValueError, match=r"toy_scaled_ga\.scale must be a number, got 'big'"):

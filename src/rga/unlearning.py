@@ -94,6 +94,7 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
+SAVE_KEY = "save_model"  # reserved in every method's params section: keep the cleaned model (stage option)
 
 
 def register(name: str, *, display: str | None = None, needs_reference: bool = False, needs_base: bool = False,
@@ -127,6 +128,9 @@ def register(name: str, *, display: str | None = None, needs_reference: bool = F
         if not sig:
             raise ValueError(f"method {name!r}: the loss must take a Batch as its first argument")
         params = {}
+        if any(p.name == SAVE_KEY for p in sig[1:]):
+            raise ValueError(f"method {name!r}: {SAVE_KEY!r} is reserved (it tells the stage to save the cleaned "
+                             "model); rename that parameter")
         for p in sig[1:]:
             if p.default is inspect.Parameter.empty:
                 raise ValueError(f"method {name!r}: parameter {p.name!r} of {fn.__qualname__} has no default; "
@@ -199,8 +203,23 @@ def _check_value(method: str, key: str, value: Any, default: Any, check) -> Any:
     return value
 
 
+def split_method_section(method: str, section: dict | None) -> tuple[dict, bool]:
+    """Split a method's params.yaml section into its loss params and the stage option
+    ``save_model`` (keep the cleaned model; default false).
+
+    Raises:
+        ValueError: ``save_model`` is not true/false (names the key).
+    """
+    params = dict(section or {})
+    save = params.pop(SAVE_KEY, False)
+    if not isinstance(save, bool):
+        raise ValueError(f"{method}.{SAVE_KEY} must be true or false, got {save!r}")
+    return params, save
+
+
 def validate_method_params(method: str, method_params: dict | None) -> dict:
-    """Check a method's params section (``<method>:`` in params.yaml) against its registration.
+    """Check a method's params section (``<method>:`` in params.yaml, without ``save_model``, see
+    :func:`split_method_section`) against its registration.
 
     Returns:
         the full params: defaults overridden by ``method_params``.
@@ -411,7 +430,8 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
                     f"({loss.item()}) at epoch {epoch} step {step}; metrics of epochs 0-{epoch - 1} were kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(model, cfg.grad_clip)
+            if cfg.grad_clip:
+                clip_gradients(model, cfg.grad_clip)
             opt.step()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v * len(fidx)
