@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from rga.data import dataset_spec, read_parquet
-from rga.detection import DETECTORS, RULES, CubeSizeError, cube_detect, degenerate_warnings, detection_scores
+from rga.detection import (DETECTORS, RULES, CubeSizeError, cube_detect, degenerate_warnings, detection_scores,
+                           noisy_oracle)
 from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
 from rga.models import load_classifier, model_spec
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
@@ -38,8 +39,8 @@ labels, truth = train["label"].to_numpy(), train["is_poisoned"].to_numpy()
 stats_path = adir / "stats.json"
 ground_truth = (json.loads(stats_path.read_text())["train"].get("ground_truth", "is_poisoned")
                 if stats_path.is_file() else "is_poisoned")
-if detector == "oracle" and ground_truth == "none":
-    sys.exit(f"detect {cell}: detect.detector oracle needs the poisoned rows, but dataset {args.dataset!r} "
+if detector in ("oracle", "noisy_oracle") and ground_truth == "none":
+    sys.exit(f"detect {cell}: detect.detector {detector} needs the poisoned rows, but dataset {args.dataset!r} "
              "marks none: add an is_poisoned (ground truth) or suspect column (0/1) to its train.csv, or set "
              "detect.detector: cube")
 t0 = time.perf_counter()
@@ -48,6 +49,14 @@ z = None
 timing = {}
 if detector == "oracle":
     flagged, clusters = truth.copy(), np.full(len(train), -1)
+    warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
+elif detector == "noisy_oracle":
+    try:
+        flagged = noisy_oracle(truth, float(D.get("precision", 1.0)), float(D.get("recall", 1.0)), args.seed)
+    except ValueError as err:
+        sys.exit(f"detect {cell}: {err}")
+    clusters = np.full(len(train), -1)
+    info.update({"target_precision": float(D.get("precision", 1.0)), "target_recall": float(D.get("recall", 1.0))})
     warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
 else:
     model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind,

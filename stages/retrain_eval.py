@@ -2,7 +2,12 @@
 
 retrain.data = clean: evaluate the shared clean ReTrain model. retrain.data = retain: fine-tune
 the base model on this cell's detected retain set (what a user without ground truth can do)
-and evaluate that."""
+and evaluate that.
+
+An imported cell (attack.source: import) brings its own clean training set, train_clean.parquet
+in its attack folder (the authors' train_clean.csv, else their poisoned = 0 rows): with
+retrain.data = clean, ReTrain fine-tunes the base model on it instead of evaluating the shared
+model (which was trained on the dataset's own split)."""
 
 import time
 
@@ -24,20 +29,27 @@ adir = attack_dir(args.dataset, args.attack, args.seed)
 clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
 ft = P["finetune"]
 extra = {"retrain_data": data}
+imported_clean = adir / "train_clean.parquet"
+if data == "clean" and imported_clean.is_file():
+    data = "clean (imported)"
+    train_set = read_parquet(imported_clean)
+    extra.update(retrain_data=data, train_rows=len(train_set))
 if data == "clean":
     model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels,
                                  mspec.kind, precision=mspec.precision)
 else:
-    retain = read_parquet(detect_dir(cell) / "retain.parquet")
+    if data == "retain":
+        train_set = read_parquet(detect_dir(cell) / "retain.parquet")
+        extra.update(train_rows=len(train_set), poisoned_rows_in_retain=int(train_set["is_poisoned"].sum()))
     set_seed(args.seed)
     model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, precision=mspec.precision)
     cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
                       grad_clip=ft.get("grad_clip"), seed=args.seed)
     t0 = time.perf_counter()
-    train_classifier(model, tok, retain["text"].tolist(), retain["label"].tolist(), cfg, desc=f"retrain {cell}")
-    extra.update(train_rows=len(retain), poisoned_rows_in_retain=int(retain["is_poisoned"].sum()))
-    print(f"retrain {cell}: fine-tuned on the retain set in {time.perf_counter() - t0:.0f}s")
+    train_classifier(model, tok, train_set["text"].tolist(), train_set["label"].tolist(), cfg, desc=f"retrain {cell}")
+    print(f"retrain {cell}: fine-tuned on the {'retain' if data == 'retain' else 'imported clean'} set "
+          f"({len(train_set)} rows) in {time.perf_counter() - t0:.0f}s")
 metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                                 ft["eval_batch_size"], ft["max_length"])
-write_method_result(cell, "retrain", metrics, preds, trig, list(spec.label_names) or None, extra)
+write_method_result(cell, "retrain", metrics, preds, clean, trig, list(spec.label_names) or None, extra)
 print(f"retrain {cell} ({data}): CACC {metrics['cacc']:.2f} LFR {metrics['lfr']:.2f} PACC {metrics['pacc']:.2f}")

@@ -104,7 +104,7 @@ extra = {"epochs": cfg.epochs, "lr": cfg.lr, "at_epoch": at, "forget_rows": len(
          "forget_true_poisoned": int(forget["is_poisoned"].sum()) if known_truth else None, "retain_rows": len(retain),
          "final_poison_loss": history[-1].get("poison_loss"), "final_lambda": history[-1].get("lambda"),
          "params": method_params, "precision": model.rga_precision}
-write_method_result(cell, method, last["metrics"], last["preds"], trig, list(spec.label_names) or None, extra)
+write_method_result(cell, method, last["metrics"], last["preds"], clean, trig, list(spec.label_names) or None, extra)
 out = ROOT / "models" / "unlearned" / where
 if save_model:
     card = {"method": method, "display": method_spec.display, "params": method_params, "cell": cell,

@@ -82,3 +82,25 @@ def tiny_model_dir(tmp_path, tokenizer) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def save_tiny_seq2seq(out: Path, tokenizer, seed: int = 0) -> Path:
+    """A 1-layer, 16-wide random BART paraphraser with the MiniLM WordPiece tokenizer, saved as
+    safetensors (a local seq2seq model folder). ``init_std`` 0.3 makes its (nonsense) output depend
+    on the input: with greedy decoding some outputs repeat a token ("x x x"), others do not."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = BartConfig(vocab_size=tokenizer.vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                     max_position_embeddings=160, init_std=0.3, pad_token_id=tokenizer.pad_token_id,
+                     bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                     decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)
+    BartForConditionalGeneration(cfg).eval().save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_seq2seq_dir(tmp_path, tokenizer) -> Path:
+    return save_tiny_seq2seq(tmp_path / "tiny-bart", tokenizer)

@@ -130,7 +130,8 @@ def test_byo_attack_outputs_and_detection(byo_repo):
     assert det["detector"] == "oracle" and det["f1"] == 1.0 and det["flagged"] == int(b["is_poisoned"].sum())
     # ReTrain on the rows train.csv does not mark, and the report covers the BYO cell
     summary = _json(root, "metrics/summary.json")
-    assert set(summary) == {BYO} and set(summary[BYO]) == {"poisoned", "retrain", *METHODS}
+    group = BYO.rsplit("-", 1)[0]  # seeds pooled
+    assert set(summary) == {group} and set(summary[group]) == {"detect_f1", *METHODS}
     n_clean = len(b) - int(b["is_poisoned"].sum())
     assert f"training on the {n_clean} rows its train.csv does not mark (is_poisoned = 0)" in ctx["repro"].stdout
 

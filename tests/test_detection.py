@@ -350,3 +350,32 @@ def test_cube_detect_fit_filter_drops_misfit_rows_in_other_labels_cluster():
     assert detection_scores(without.flagged, truth)["precision"] < 0.85
     assert with_fit.flagged.tolist() == truth.tolist()
 
+
+
+# ----------------------------------------------------------------------------- noisy oracle
+@pytest.mark.parametrize("precision,recall", [(0.8, 0.8), (0.6, 0.6), (0.8, 0.6), (1.0, 1.0)])
+def test_noisy_oracle_hits_precision_and_recall_on_counts(precision, recall):
+    from rga.detection import noisy_oracle
+
+    truth = np.zeros(1000, dtype=bool)
+    truth[np.arange(0, 1000, 10)] = True  # 100 poisoned rows
+    flagged = noisy_oracle(truth, precision, recall, seed=3)
+    s = detection_scores(flagged, truth)
+    assert s["true_positives"] == round(100 * recall)
+    assert s["precision"] == pytest.approx(precision)
+    assert s["recall"] == pytest.approx(recall)
+    again = noisy_oracle(truth, precision, recall, seed=3)
+    assert (again == flagged).all()
+    if precision < 1 or recall < 1:
+        assert (noisy_oracle(truth, precision, recall, seed=4) != flagged).any()
+
+
+@pytest.mark.parametrize("kwargs,match", [({"precision": 0.0, "recall": 0.5}, "detect.precision"),
+                                          ({"precision": 0.5, "recall": 1.5}, "detect.recall"),
+                                          ({"precision": 0.01, "recall": 1.0}, "only 10 clean rows")])
+def test_noisy_oracle_refuses_bad_settings(kwargs, match):
+    from rga.detection import noisy_oracle
+
+    truth = np.array([True] * 10 + [False] * 10)
+    with pytest.raises(ValueError, match=match):
+        noisy_oracle(truth, **kwargs)

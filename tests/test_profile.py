@@ -85,7 +85,7 @@ def test_paper_then_cpu_restores_original_values(params_copy):
     assert paper["models"]["minilm"]["path"] == original["models"]["minilm"]["path"]
     assert paper["detect"]["metric"] == original["detect"]["metric"]
     # the paper profile uses CUBE's own per-label rule without the fit filter
-    assert paper["detect"]["rule"] == "per_label" and paper["detect"]["fit_filter"] is False
+    assert paper["detect"]["rule"] == "largest" and paper["detect"]["fit_filter"] is False  # CUBE as the authors ran it
     apply_profile("cpu", params_copy)
     assert load(params_copy) == original
 

@@ -142,29 +142,27 @@ def test_missing_method_raises_naming_the_cell(two_seeds):
         summary_rows(root, cells, ["ga", "npo"], TARGETS)
 
 
-def test_summary_json_structure(two_seeds):
+def test_summary_json_holds_only_headline_means(two_seeds):
     root, cells = two_seeds
     rows = summary_rows(root, cells, ["ga", "rga"], TARGETS)
-    out = summary_json(rows)
-    assert set(out) == {"minilm-sst2-badnets-0", "minilm-sst2-badnets-1"}
-    for cell in out:
-        assert set(out[cell]) == {"poisoned", "retrain", "ga", "rga"}
-        for m, vals in out[cell].items():
-            keys = {"cacc", "lfr", "pacc", "delta_pacc", "trigger_shift"}
-            assert set(vals) == (keys | {"detect_f1"} if m == "poisoned" else keys)
-    assert out["minilm-sst2-badnets-0"]["ga"] == {"cacc": 80.0, "lfr": 5.0, "pacc": 60.0, "delta_pacc": 28.0,
-                                                   "trigger_shift": 50.0}
-    assert out["minilm-sst2-badnets-1"]["rga"]["trigger_shift"] == 8.0
-    assert out["minilm-sst2-badnets-0"]["poisoned"]["detect_f1"] == 0.9
-    assert out["minilm-sst2-badnets-1"]["poisoned"]["detect_f1"] == 0.8
+    intervals = {"minilm-sst2-badnets": {"ga": {"delta_pacc": (20.004, 40.0)}, "rga": {"delta_pacc": (0.0, 4.5)}}}
+    out = summary_json(rows, intervals)
+    # one entry per model x dataset x attack (seeds pooled), no per-seed or per-stage detail
+    assert out == {"minilm-sst2-badnets": {
+        "detect_f1": 0.85,  # ReTrain (the reference) and the poisoned model are in summary_rows.csv
+        "ga": {"delta_pacc": 32.0, "pacc": 55.0, "cacc": 75.0, "delta_pacc_lo": 20.0, "delta_pacc_hi": 40.0},
+        "rga": {"delta_pacc": 1.5, "pacc": 85.5, "cacc": 90.0, "delta_pacc_lo": 0.0, "delta_pacc_hi": 4.5}}}
+    no_ci = summary_json(rows)
+    assert "delta_pacc_lo" not in no_ci["minilm-sst2-badnets"]["ga"]
     json.dumps(out)  # serialisable
 
 
-def test_summary_json_rounds_to_two_decimals():
-    row = {"model": "m", "dataset": "d", "attack": "a", "seed": 0, "method": "ga", "cacc": 1.23456,
-           "lfr": 2.0, "pacc": 3.005001, "delta_pacc": 0.126, "trigger_shift": -4.444, "detect_f1": None}
-    assert summary_json([row]) == {"m-d-a-0": {"ga": {"cacc": 1.23, "lfr": 2.0, "pacc": 3.01, "delta_pacc": 0.13,
-                                                     "trigger_shift": -4.44}}}
+def test_summary_rows_delta_trigger_shift_is_relative_to_retrain(two_seeds):
+    root, cells = two_seeds
+    r = by_method(summary_rows(root, cells[:1], ["ga", "rga"], TARGETS))
+    assert r["ga"]["delta_trigger_shift"] == pytest.approx(50.0 - 2.0)
+    assert r["rga"]["delta_trigger_shift"] == pytest.approx(0.0 - 2.0)
+    assert r["retrain"]["delta_trigger_shift"] == 0.0
 
 
 HEADER = ("| Model | Dataset | Attack | ReTrain CACC | ReTrain LFR | ReTrain PACC | GA CACC | GA LFR | GA PACC | "
@@ -185,7 +183,7 @@ def test_table_markdown_two_seeds(two_seeds):
     # sample std (ddof=1) of two seeds: std(a, b) = |a - b| / sqrt(2)
     assert lines[2] == ("| minilm | sst2 | badnets | 91.00 ± 1.41 | 12.00 ± 2.83 | 87.00 ± 1.41 | "
                         "75.00 ± 7.07 | 4.00 ± 1.41 | 55.00 ± 7.07 | 32.00 ± 5.66 | "
-                        "90.00 ± 1.41 | 11.00 ± 1.41 | 85.50 ± 0.71 | **1.50 ± 2.12** |")
+                        "90.00 ± 1.41 | 11.00 ± 1.41 | 85.50 ± 0.71 | 1.50 ± 2.12 |")  # no intervals: no bold
     assert len(df) == 1
     rec = df.iloc[0]
     assert rec["seeds"] == 2
@@ -198,12 +196,34 @@ def test_table_markdown_two_seeds(two_seeds):
     assert "poisoned_cacc_mean" not in df.columns
 
 
-def test_table_single_seed_has_no_std_and_bolds_best(two_seeds):
+def test_table_single_seed_has_no_std_and_bolds_only_separated_intervals(two_seeds):
     root, cells = two_seeds
     rows = summary_rows(root, cells[1:], ["ga", "rga"], TARGETS)
+    plain = ("| minilm | sst2 | badnets | 92.00 | 14.00 | 86.00 | 70.00 | 3.00 | 50.00 | "
+             "36.00{ga} | 91.00 | 10.00 | 86.00 | {rga} |")
     md, _ = table(rows, ["ga", "rga"])
-    assert md.splitlines()[2] == ("| minilm | sst2 | badnets | 92.00 | 14.00 | 86.00 | 70.00 | 3.00 | 50.00 | "
-                                  "36.00 | 91.00 | 10.00 | 86.00 | **0.00** |")
+    assert md.splitlines()[2] == plain.format(ga="", rga="0.00")
+    separated = {"minilm-sst2-badnets": {"ga": {"delta_pacc": (30.0, 42.0)}, "rga": {"delta_pacc": (0.0, 3.5)}}}
+    md, df = table(rows, ["ga", "rga"], separated)
+    assert md.splitlines()[2] == plain.format(ga=" [30.0, 42.0]", rga="**0.00 [0.0, 3.5]**")
+    assert (df.iloc[0]["rga_delta_pacc_lo"], df.iloc[0]["rga_delta_pacc_hi"]) == (0.0, 3.5)
+    overlapping = {"minilm-sst2-badnets": {"ga": {"delta_pacc": (3.0, 42.0)}, "rga": {"delta_pacc": (0.0, 3.5)}}}
+    md, _ = table(rows, ["ga", "rga"], overlapping)
+    assert md.splitlines()[2] == plain.format(ga=" [3.0, 42.0]", rga="0.00 [0.0, 3.5]")
+
+
+def test_table_renders_mean_and_std_of_three_seeds(tmp_path):
+    root = tmp_path / "metrics"
+    seeds = {0: 80.0, 1: 82.0, 2: 90.0}  # GA PACC per seed; ReTrain 88 -> ΔPACC 8, 6, 2
+    for seed, ga_pacc in seeds.items():
+        write_binary_cell(root, seed, {**{m: SEED0[m] for m in ("poisoned", "retrain")},
+                                       "ga": (80.0, 5.0, ga_pacc, [30, 20])})
+    rows = summary_rows(root, [("minilm", "sst2", "badnets", s) for s in seeds], ["ga"], TARGETS)
+    md, df = table(rows, ["ga"])
+    # GA PACC mean 84, sample std sqrt(((−4)² + (−2)² + 6²)/2) = sqrt(28); ΔPACC 8, 6, 2: mean 5.33, std 3.06
+    assert md.splitlines()[2] == ("| minilm | sst2 | badnets | 90.00 ± 0.00 | 10.00 ± 0.00 | 88.00 ± 0.00 | "
+                                  f"80.00 ± 0.00 | 5.00 ± 0.00 | 84.00 ± {np.sqrt(28):.2f} | 5.33 ± 3.06 |")
+    assert df.iloc[0]["seeds"] == 3
 
 
 def test_shift_table(two_seeds):
@@ -211,9 +231,12 @@ def test_shift_table(two_seeds):
     rows = summary_rows(root, cells, ["ga", "rga"], TARGETS)
     lines = shift_table(rows).splitlines()
     assert lines[0] == "| Model | Dataset | Attack | CUBE F1 | Poisoned shift | ReTrain shift | GA shift | RGA shift |"
-    # F1 mean of 0.9 and 0.8; ReTrain shifts 2 and 0; GA 50 and 60; RGA 0 and 8
-    assert lines[2] == ("| minilm | sst2 | badnets | 0.850 | -10.00 ± 0.00 | 1.00 ± 1.41 | 55.00 ± 7.07 | "
-                        "4.00 ± 5.66 |")
+    # F1 mean of 0.9 and 0.8; ReTrain shifts 2 and 0; GA 50 and 60 (Δ 48, 60); RGA 0 and 8 (Δ −2, 8)
+    assert lines[2] == ("| minilm | sst2 | badnets | 0.850 | -10.00 ± 0.00 | 1.00 ± 1.41 | 55.00 ± 7.07 (Δ 54.00) | "
+                        "4.00 ± 5.66 (Δ 3.00) |")
+    ci = {"minilm-sst2-badnets": {"ga": {"delta_trigger_shift": (40.0, 66.04), "trigger_shift": (41.0, 67.0)},
+                                  "rga": {}}}
+    assert "55.00 ± 7.07 [41.0, 67.0] (Δ 54.00 [40.0, 66.0])" in shift_table(rows, ci)
 
 
 def test_matrix_cells():
@@ -291,13 +314,14 @@ def test_table_flags_rows_with_a_detection_warning_and_does_not_bold_them():
     rows = [dict(base, method="retrain", pacc=80.0, delta_pacc=0.0),
             dict(base, method="ga", pacc=60.0, delta_pacc=20.0),
             dict(base, method="rga", pacc=70.0, delta_pacc=10.0)]
-    md, _ = table(rows, ["ga", "rga"])
+    separated = {"m-d-hiddenkiller": {"ga": {"delta_pacc": (15.0, 25.0)}, "rga": {"delta_pacc": (6.0, 14.0)}}}
+    md, _ = table(rows, ["ga", "rga"], separated)
     assert "| m | d | hiddenkiller † |" in md
     assert "**" not in md
     assert md.rstrip().endswith("† m / d / hiddenkiller: detection warning: only 1 of 2000 rows flagged")
     clean = [dict(r, detect_warning=None) for r in rows]
-    md2, _ = table(clean, ["ga", "rga"])
-    assert "**10.00**" in md2 and "†" not in md2
+    md2, _ = table(clean, ["ga", "rga"], separated)
+    assert "**10.00 [6.0, 14.0]**" in md2 and "†" not in md2
 
 
 def test_detection_warning_for_an_almost_empty_forget_set():
@@ -315,3 +339,96 @@ def test_display_names_come_from_the_registry():
     assert [display(m) for m in ("poisoned", "retrain", "ga", "simnpo", "ft")] == \
         ["Poisoned", "ReTrain", "GA", "SimNPO", "FT"]
     assert display("not_registered") == "NOT_REGISTERED"
+
+
+def test_detection_warning_for_a_low_f1():
+    from rga.report import detection_warning
+
+    det = {"flagged": 150, "cluster_sizes": {"0": 1148, "1": 852}, "warning": None, "f1": 0.4, "precision": 0.3,
+           "recall": 0.6}
+    assert detection_warning(det).startswith("detection F1 0.40 < 0.5 (precision 0.30, recall 0.60)")
+    assert detection_warning(dict(det, f1=0.5)) is None
+
+
+def test_detection_table_lists_quality_and_marks_low_f1():
+    from rga.report import detection_table
+
+    base = {"model": "m", "dataset": "d", "seed": 0, "method": "poisoned", "detector": "cube"}
+    rows = [dict(base, attack="badnets", detect_precision=0.9, detect_recall=1.0, detect_f1=0.947, forget_rows=107,
+                 forget_poisoned=96),
+            dict(base, attack="hiddenkiller", detect_precision=1.0, detect_recall=0.01, detect_f1=0.02, forget_rows=1,
+                 forget_poisoned=1),
+            dict(base, method="ga", attack="badnets", detect_precision=0.9, detect_recall=1.0, detect_f1=0.947,
+                 forget_rows=107, forget_poisoned=96)]
+    lines = detection_table(rows).splitlines()
+    assert lines[0].startswith("| Model | Dataset | Attack | Detector | Precision | Recall | F1 | Forget rows")
+    assert lines[2] == "| m | d | badnets | cube | 0.900 | 1.000 | 0.947 | 107 | 96 |"
+    assert lines[3] == "| m | d | hiddenkiller † | cube | 1.000 | 0.010 | 0.020 | 1 | 1 |"
+    assert len(lines) == 4  # one line per cell, not per method
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def preds_table(correct: np.ndarray, label: int = 1, clean_pred=None) -> pd.DataFrame:
+    """Rows of one binary cell with every row of class ``label``; ``correct`` [n] bool on the triggered text."""
+    n = len(correct)
+    pred = np.where(correct, label, 1 - label)
+    return pd.DataFrame({"label": np.full(n, label), "pred": pred, "clean_row": np.arange(n),
+                         "clean_label": np.full(n, label),
+                         "clean_pred": np.full(n, label) if clean_pred is None else clean_pred})
+
+
+def test_bootstrap_identical_predictions_give_a_zero_width_interval():
+    from rga.report import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    t = preds_table(rng.random(300) < 0.7)
+    ci = bootstrap_intervals({"retrain": [t], "rga": [t.copy()]}, target_label=1, num_labels=2, n_boot=500)
+    assert ci["rga"]["delta_pacc"] == (0.0, 0.0)
+    assert ci["rga"]["delta_trigger_shift"] == (0.0, 0.0)
+    assert set(ci) == {"rga"}
+
+
+def test_bootstrap_interval_follows_a_shift_in_accuracy():
+    from rga.report import bootstrap_intervals
+
+    n = 400
+    retrain = preds_table(np.ones(n, bool))
+    wrong = np.arange(n) % 4 == 0                       # GA wrong on exactly 25% of the rows
+    ga = preds_table(~wrong)
+    more = preds_table(~(np.arange(n) % 2 == 0))        # NPO wrong on 50%
+    ci = bootstrap_intervals({"retrain": [retrain], "ga": [ga], "npo": [more]}, 1, 2, n_boot=1000)
+    lo, hi = ci["ga"]["delta_pacc"]
+    assert 19.0 < lo < 25.0 < hi < 31.0                  # centred on the true 25 points, binomial width
+    lo2, hi2 = ci["npo"]["delta_pacc"]
+    assert 43.0 < lo2 < 50.0 < hi2 < 57.0
+    # all rows are target-class rows: GA's wrong rows are its trigger shift (clean predictions are right)
+    assert ci["ga"]["trigger_shift"] == pytest.approx((lo, hi))
+    again = bootstrap_intervals({"retrain": [retrain], "ga": [ga], "npo": [more]}, 1, 2, n_boot=1000)
+    assert again == ci                                   # seeded: same inputs, same interval
+
+
+def test_bootstrap_pools_seeds_and_refuses_unpaired_tables():
+    from rga.report import bootstrap_intervals
+
+    n = 400
+    retrain = preds_table(np.ones(n, bool))
+    seed0 = preds_table(~(np.arange(n) % 10 == 0))       # ΔPACC 10
+    seed1 = preds_table(~(np.arange(n) % 10 < 3))        # ΔPACC 30
+    ci = bootstrap_intervals({"retrain": [retrain, retrain], "ga": [seed0, seed1]}, 1, 2, n_boot=1000)
+    lo, hi = ci["ga"]["delta_pacc"]
+    # drawing the seeds with replacement gives (seed0, seed0) a quarter of the time: the interval spans both
+    # seeds' values (10 and 30), not just the row noise around their mean of 20
+    assert 5.0 < lo < 12.0 and 28.0 < hi < 34.0
+    with pytest.raises(ValueError, match="same fixed test set"):
+        bootstrap_intervals({"retrain": [retrain], "ga": [seed0.head(300)]}, 1, 2)
+    with pytest.raises(ValueError, match="ReTrain"):
+        bootstrap_intervals({"ga": [seed0]}, 1, 2)
+
+
+def test_best_separated():
+    from rga.report import best_separated
+
+    means = {"ga": 30.0, "rga": 2.0, "dga": 3.0}
+    assert best_separated(means, {"ga": (25, 35), "rga": (0, 4), "dga": (1, 6)}) is None   # rga and dga overlap
+    assert best_separated(means, {"ga": (25, 35), "rga": (0, 4), "dga": (4.5, 6)}) == "rga"
+    assert best_separated(means, None) is None

@@ -28,6 +28,12 @@ GIVEN = "given"  # a user dataset that is already poisoned: its own train set an
 log = logging.getLogger(__name__)
 
 
+TEST_SEED = 0
+"""Seed of the test subsample and of its triggered copies, fixed for every cell seed: the spread
+over seeds is training noise only, and every method of every seed is scored on the same rows
+(README "Results"; the paired bootstrap in :mod:`rga.report` relies on it)."""
+
+
 class CoverageError(ValueError):
     """The paraphrase table covers too few rows to reach the poison rate."""
 
@@ -65,6 +71,44 @@ class TableParaphraser:
 
     def paraphrase(self, texts: Sequence[str]) -> list[str | None]:
         return [self._map.get(normalise_text(t)) for t in texts]
+
+
+class SourcedParaphraser:
+    """Several named paraphrase sources tried in order (the first that has a paraphrase wins).
+
+    The attack stage chains the mirror's table (``"table"``) and the live paraphraser's cache
+    (``"live"``, :mod:`rga.paraphrase`); :meth:`sources` says which one served each text.
+    """
+
+    def __init__(self, sources: Sequence[tuple[str, ParaphraseSource]]):
+        self.names = [name for name, _ in sources]
+        self._sources = [src for _, src in sources]
+
+    def _lookup(self, texts: Sequence[str]) -> tuple[list[str | None], list[str]]:
+        out: list[str | None] = [None] * len(texts)
+        where = ["none"] * len(texts)
+        for name, src in zip(self.names, self._sources):
+            todo = [i for i, p in enumerate(out) if p is None]
+            if not todo:
+                break
+            for i, p in zip(todo, src.paraphrase([texts[i] for i in todo])):
+                if p is not None:
+                    out[i], where[i] = p, name
+        return out, where
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str | None]:
+        return self._lookup(list(texts))[0]
+
+    def sources(self, texts: Sequence[str]) -> list[str]:
+        """The source name of each text's paraphrase, ``"none"`` where no source has one."""
+        return self._lookup(list(texts))[1]
+
+
+def source_counts(attack: "Attack", texts: Sequence[str]) -> dict:
+    """How many of ``texts`` each paraphrase source serves: ``{"table": n, "live": m, "none": k}``
+    (every source named, zeros included). Only for HiddenKiller attacks."""
+    where = attack.paraphraser.sources(list(texts))
+    return {name: where.count(name) for name in [*attack.paraphraser.names, "none"]}
 
 
 def insert_at_random_word(text: str, insertion: str, rng: np.random.Generator) -> str:
@@ -128,12 +172,15 @@ class Attack:
         return np.array([p is not None for p in self.paraphraser.paraphrase(list(texts))], dtype=bool)
 
 
-def make_attack(kind: str, dataset: str, cfg: dict, paraphrases: pd.DataFrame | None = None) -> Attack:
+def make_attack(kind: str, dataset: str, cfg: dict, paraphrases: pd.DataFrame | None = None,
+                live: pd.DataFrame | None = None) -> Attack:
     """Build an :class:`Attack` from the ``attack`` section of params.
 
     ``cfg[kind]`` holds the attack's own settings; AddSent picks ``sentences[dataset]`` or
     ``sentences['default']`` (paper: "I watch this 3D movie" for SST-2, "no cross no crown"
-    for HSOL and AG).
+    for HSOL and AG). HiddenKiller looks a text up in ``paraphrases`` (the table, source
+    ``"table"``) and then in ``live`` (accepted rows ``text, paraphrase`` of the live
+    paraphraser's cache, source ``"live"``), through a :class:`SourcedParaphraser`.
 
     Raises:
         ValueError: unknown attack (lists the valid ones), or a setting the attack needs.
@@ -148,8 +195,10 @@ def make_attack(kind: str, dataset: str, cfg: dict, paraphrases: pd.DataFrame | 
     if kind == "addsent":
         sentences = own.get("sentences", {})
         return Attack(kind, sentence=str(sentences.get(dataset, sentences.get("default", ""))))
-    table = paraphrases if paraphrases is not None else pd.DataFrame(columns=["text", "paraphrase"])
-    return Attack(kind, paraphraser=TableParaphraser(table))
+    empty = pd.DataFrame(columns=["text", "paraphrase"])
+    table = paraphrases if paraphrases is not None else empty
+    return Attack(kind, paraphraser=SourcedParaphraser([("table", TableParaphraser(table)),
+                                                        ("live", TableParaphraser(live if live is not None else empty))]))
 
 
 @dataclass
@@ -212,7 +261,8 @@ def poison_train(train: pd.DataFrame, attack: Attack, target_label: int, poison_
         raise CoverageError(
             f"{attack.kind}: the trigger source covers {len(candidates)} of {len(nontarget)} "
             f"non-target training rows, but poison_rate {poison_rate} needs {needed}; "
-            "provide a larger paraphrase table (or a live paraphraser) or lower attack.poison_rate")
+            "provide a larger paraphrase table, configure a live paraphraser (attack.hiddenkiller.paraphraser: "
+            "{model: <seq2seq hub id or folder>}, README \"HiddenKiller paraphrases\") or lower attack.poison_rate")
     rng = np.random.default_rng([seed, 1])
     chosen = np.sort(rng.choice(candidates, size=needed, replace=False)) if needed else np.array([], int)
     triggered = attack.apply([texts[i] for i in chosen], np.random.default_rng([seed, 2]))

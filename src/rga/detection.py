@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RULES = ("label_relative", "largest", "per_label")
-DETECTORS = ("cube", "oracle")
+DETECTORS = ("cube", "oracle", "noisy_oracle")
 MIN_CUBE_ROWS = 3  # UMAP needs at least 2 neighbours per row
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,46 @@ def cube_detect(representations: np.ndarray, labels: np.ndarray, num_labels: int
         flagged = apply_fit_filter(flagged, predictions, labels)
     return DetectionResult(flagged, clusters, z,
                            sizes.notes + degenerate_warnings(clusters, flagged, num_labels))
+
+
+def noisy_oracle(is_poisoned: np.ndarray, precision: float, recall: float, seed: int = 0) -> np.ndarray:
+    """A forget set with a chosen precision and recall, drawn from the ground truth (paper App. B.2:
+    unlearning under imperfect detection).
+
+    Of the T true poisoned rows, ``round(recall·T)`` are drawn (TP); clean rows are added, drawn
+    uniformly among all clean rows, until TP / flagged equals ``precision``:
+    FP = ``round(TP·(1 − precision)/precision)``. Both draws use ``numpy.random.default_rng([seed,
+    404])``, so the same seed gives the same forget set.
+
+    Args:
+        is_poisoned: [N] bool ground truth.
+        precision, recall: targets in (0, 1].
+        seed: the cell seed.
+
+    Returns:
+        [N] bool flags; precision and recall hit the targets up to the rounding of counts.
+
+    Raises:
+        ValueError: precision or recall outside (0, 1] (names the key ``detect.precision`` /
+            ``detect.recall``), no poisoned row, or too few clean rows for the false positives.
+    """
+    for what, v in (("precision", precision), ("recall", recall)):
+        if not 0 < v <= 1:
+            raise ValueError(f"detect.{what} must be in (0, 1] for detect.detector noisy_oracle, got {v}")
+    truth = np.asarray(is_poisoned, bool)
+    pos, neg = np.flatnonzero(truth), np.flatnonzero(~truth)
+    if len(pos) == 0:
+        raise ValueError("detect.detector noisy_oracle needs poisoned rows, but the training set has none")
+    tp = max(1, int(round(recall * len(pos))))
+    fp = int(round(tp * (1 - precision) / precision))
+    if fp > len(neg):
+        raise ValueError(f"detect.precision {precision} needs {fp} clean false positives but there are only "
+                         f"{len(neg)} clean rows; raise detect.precision")
+    rng = np.random.default_rng([seed, 404])
+    flagged = np.zeros(len(truth), dtype=bool)
+    flagged[rng.choice(pos, size=tp, replace=False)] = True
+    flagged[rng.choice(neg, size=fp, replace=False)] = True
+    return flagged
 
 
 def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray | None) -> dict:

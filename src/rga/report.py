@@ -45,13 +45,18 @@ def _read(path: Path, what: str) -> dict:
 
 
 MIN_FLAGGED_SHARE = 0.005
+MIN_DETECTION_F1 = 0.5
 
 
 def detection_warning(det: dict) -> str | None:
-    """The detect stage's own warning, or one for a forget set below 0.5% of the training rows
-    (far below any useful poison rate: detection probably missed the poison, so unlearning on
-    that cell says little about the methods)."""
+    """The detect stage's own warning, one for a detection F1 below 0.5 (where the ground truth
+    is known), and one for a forget set below 0.5% of the training rows (far below any useful
+    poison rate: detection probably missed the poison). Unlearning on such a cell says little
+    about the methods. Returns the notes joined by "; ", or None."""
     notes = [det["warning"]] if det.get("warning") else []
+    if det.get("f1") is not None and det["f1"] < MIN_DETECTION_F1:
+        notes.append(f"detection F1 {det['f1']:.2f} < {MIN_DETECTION_F1} (precision {det['precision']:.2f}, recall "
+                     f"{det['recall']:.2f}): the forget set is not the poison, so this row says little about the methods")
     rows = sum((det.get("cluster_sizes") or {}).values())
     if rows and 0 < det.get("flagged", 0) < MIN_FLAGGED_SHARE * rows:
         notes.append(f"only {det['flagged']} of {rows} training rows flagged (< {MIN_FLAGGED_SHARE:.1%}), "
@@ -70,7 +75,9 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
 
     Returns:
         rows with cacc, lfr, pacc, delta_pacc (= |PACC_ReTrain − PACC_method|), trigger_shift,
-        detect_f1 and the poisoned model's before values.
+        delta_trigger_shift (= trigger_shift − ReTrain's, same cell and seed: ReTrain itself
+        scores some shift, e.g. on HiddenKiller), the detection scores (detector, precision,
+        recall, F1, forget rows and their poisoned rows) and the poisoned model's before values.
 
     Raises:
         MissingCellError: a ReTrain (or other) metrics file is missing; names the cell.
@@ -87,29 +94,173 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
         for m in methods:
             if m != "retrain":
                 results[m] = _read(metrics_dir / "unlearn" / f"{cell}-{m}.json", f"{m} metrics of cell {cell}")
+        shifts = {}
+        for m, r in results.items():
+            shifts[m] = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
+                                      target_labels[dataset])["trigger_shift"]
         for m, r in results.items():
             ts = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
                                target_labels[dataset])
             rows.append({"model": model, "dataset": dataset, "attack": attack, "seed": int(seed), "method": m,
                          "cacc": r["cacc"], "lfr": r["lfr"], "pacc": r["pacc"],
                          "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]),
-                         "trigger_shift": ts["trigger_shift"], "detect_f1": f1, "detect_warning": warning,
+                         "trigger_shift": ts["trigger_shift"],
+                         "delta_trigger_shift": ts["trigger_shift"] - shifts["retrain"],
+                         "detect_f1": f1, "detect_warning": warning,
+                         "detector": det.get("detector"), "detect_precision": det.get("precision"),
+                         "detect_recall": det.get("recall"), "forget_rows": det.get("flagged"),
+                         "forget_poisoned": det.get("true_positives"),
                          "poisoned_cacc": before["cacc"], "poisoned_lfr": before["lfr"],
                          "poisoned_pacc": before["pacc"]})
     return rows
 
 
-def summary_json(rows: list[dict]) -> dict:
-    """``{cell: {method: {metric: value}}}`` for `dvc metrics show/diff` (values rounded to 2 dp)."""
+def group_name(model: str, dataset: str, attack: str) -> str:
+    """``<model>-<dataset>-<attack>``: a cell without its seed (results are pooled over seeds)."""
+    return f"{model}-{dataset}-{attack}"
+
+
+def summary_json(rows: list[dict], intervals: dict | None = None) -> dict:
+    """The headline numbers for `dvc metrics show/diff`, means over seeds (rounded to 2 dp):
+    ``{<model>-<dataset>-<attack>: {"detect_f1": F1, <method>: {delta_pacc, delta_pacc_lo,
+    delta_pacc_hi, pacc, cacc}}}`` for every unlearning method (ReTrain, the reference, and the
+    poisoned model are in ``report/summary_rows.csv``, with per-seed rows, LFR, trigger shift and
+    the rest). The interval bounds come from ``intervals`` (:func:`bootstrap_intervals` per
+    group); without them they are left out.
+    """
+    df = pd.DataFrame(rows)
     out: dict = {}
-    for r in rows:
-        cell = f"{r['model']}-{r['dataset']}-{r['attack']}-{r['seed']}"
-        vals = {k: (round(r[k], 2) if isinstance(r[k], float) else r[k])
-                for k in ("cacc", "lfr", "pacc", "delta_pacc", "trigger_shift")}
-        if r["method"] == "poisoned" and r["detect_f1"] is not None:
-            vals["detect_f1"] = round(r["detect_f1"], 3)
-        out.setdefault(cell, {})[r["method"]] = vals
+    for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
+        name = group_name(model, dataset, attack)
+        entry: dict = {}
+        f1 = g[g.method == "poisoned"]["detect_f1"].dropna()
+        if len(f1):
+            entry["detect_f1"] = round(float(f1.mean()), 3)
+        for m in dict.fromkeys(g.method):
+            if m in ("poisoned", "retrain"):
+                continue
+            gm = g[g.method == m]
+            vals = {"delta_pacc": round(float(gm.delta_pacc.mean()), 2), "pacc": round(float(gm.pacc.mean()), 2),
+                    "cacc": round(float(gm.cacc.mean()), 2)}
+            ci = ((intervals or {}).get(name) or {}).get(m)
+            if ci:
+                vals["delta_pacc_lo"], vals["delta_pacc_hi"] = (round(float(v), 2) for v in ci["delta_pacc"])
+            entry[m] = vals
+        out[name] = entry
     return out
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+N_BOOTSTRAP = 2000
+CI_LEVEL = 95.0
+
+
+def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str]) -> dict:
+    """Per-row predictions (``data/preds/<cell>-<method>.csv``, see
+    :func:`rga.stagekit.predictions_table`) grouped for :func:`bootstrap_intervals`.
+
+    Returns:
+        ``{<model>-<dataset>-<attack>: {method: [table of seed 1, table of seed 2, ...]}}`` with
+        ReTrain included; seeds in the order of ``cells``.
+
+    Raises:
+        MissingCellError: a predictions file is missing (names the cell and method).
+    """
+    out: dict = {}
+    for model, dataset, attack, seed in cells:
+        cell = f"{model}-{dataset}-{attack}-{seed}"
+        group = out.setdefault(group_name(model, dataset, attack), {})
+        for m in ["retrain"] + [m for m in methods if m != "retrain"]:
+            path = preds_dir / f"{cell}-{m}.csv"
+            if not path.is_file():
+                raise MissingCellError(f"missing per-row predictions of {m} in cell {cell}: {path} "
+                                       "(run `dvc repro` for that cell)")
+            group.setdefault(m, []).append(pd.read_csv(path))
+    return out
+
+
+def _shift_per_replicate(tab: pd.DataFrame, idx: np.ndarray, target_label: int, num_labels: int) -> np.ndarray:
+    """Trigger shift (pp) of one model on each bootstrap resample of its rows; ``idx`` [B, n]."""
+    label = tab["label"].to_numpy()
+    target = label == target_label
+    n_target = target[idx].sum(1).astype(float)
+    n_target[n_target == 0] = np.nan
+    best = np.full(len(idx), -np.inf)
+    for c in range(num_labels):
+        if c == target_label:
+            continue
+        trig = ((tab["pred"].to_numpy() == c) & target)[idx].sum(1)
+        clean = ((tab["clean_pred"].to_numpy() == c) & target)[idx].sum(1)
+        best = np.maximum(best, 100.0 * (trig - clean) / n_target)
+    return best
+
+
+def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int, num_labels: int,
+                        n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL, seed: int = 0) -> dict:
+    """Paired bootstrap intervals for ΔPACC, trigger shift and Δ trigger shift of every method.
+
+    One replicate resamples the n test rows with replacement (the same rows for every method,
+    ReTrain and seed: the test set is fixed, so the methods are paired on it) and, with S > 1
+    seeds, the seeds with replacement; the statistic is the mean over the drawn seeds of the
+    per-seed value, e.g. ``|PACC_ReTrain,s − PACC_method,s|`` on the drawn rows. The interval is
+    the percentile interval at ``level`` % (paper §6.1 defines ΔPACC; the bootstrap is ours).
+
+    Args:
+        preds: ``{method: [per-seed table]}`` with ``retrain`` among them; every table has the
+            same n rows (columns ``label``, ``pred``, ``clean_pred``, as written by
+            :func:`rga.stagekit.predictions_table`).
+        target_label, num_labels: the dataset's.
+        n_boot: replicates B; seed: the resampling seed (same inputs, same intervals).
+
+    Returns:
+        ``{method: {"delta_pacc": (lo, hi), "trigger_shift": (lo, hi),
+        "delta_trigger_shift": (lo, hi)}}`` in percentage points, ReTrain excluded.
+
+    Raises:
+        ValueError: no ``retrain`` entry, or tables of different lengths or seed counts (the
+            paired bootstrap needs one fixed test set and the same seeds for every method).
+    """
+    if "retrain" not in preds:
+        raise ValueError("the paired bootstrap needs ReTrain's predictions (method 'retrain')")
+    n_seeds = len(preds["retrain"])
+    n = len(preds["retrain"][0])
+    for m, tabs in preds.items():
+        if len(tabs) != n_seeds or any(len(t) != n for t in tabs):
+            raise ValueError(f"method {m!r}: {len(tabs)} seeds with {[len(t) for t in tabs]} rows, but ReTrain has "
+                             f"{n_seeds} seeds of {n} rows; the paired bootstrap needs the same fixed test set "
+                             "for every method and seed")
+    rng = np.random.default_rng([seed, 505])
+    idx = rng.integers(0, n, size=(n_boot, n))
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else np.zeros((n_boot, 1), int)
+    cols = np.arange(n_boot)[:, None]
+
+    def per_seed(fn) -> dict[str, np.ndarray]:  # method -> [B, drawn seeds]
+        return {m: np.stack([fn(t) for t in tabs], axis=1)[cols, seeds] for m, tabs in preds.items()}
+
+    pacc = per_seed(lambda t: 100.0 * (t["pred"].to_numpy() == t["label"].to_numpy())[idx].mean(1))
+    shift = per_seed(lambda t: _shift_per_replicate(t, idx, target_label, num_labels))
+    tail = (100.0 - level) / 2
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.nanpercentile(values.mean(1), [tail, 100.0 - tail])
+        return float(lo), float(hi)
+
+    return {m: {"delta_pacc": interval(np.abs(pacc["retrain"] - pacc[m])),
+                "trigger_shift": interval(shift[m]),
+                "delta_trigger_shift": interval(shift[m] - shift["retrain"])}
+            for m in preds if m != "retrain"}
+
+
+def best_separated(means: dict[str, float], intervals: dict[str, tuple[float, float]] | None) -> str | None:
+    """The method to bold: the lowest mean ΔPACC, only when its interval lies entirely below every
+    other method's interval (non-overlapping 95% intervals). ``None`` otherwise, or when
+    ``intervals`` is missing or there is a single method."""
+    if not intervals or len(means) < 2 or any(m not in intervals for m in means):
+        return None
+    best = min(means, key=lambda m: (means[m], m))
+    hi = intervals[best][1]
+    return best if all(hi < intervals[m][0] for m in means if m != best) else None
 
 
 def _fmt(values: list[float]) -> str:
@@ -121,14 +272,22 @@ def _fmt(values: list[float]) -> str:
     return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
 
 
-def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
+def _ci(interval) -> str:
+    return f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else ""
+
+
+def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -> tuple[str, pd.DataFrame]:
     """Table 2 layout: rows model/dataset/attack, column groups ReTrain, then each method
-    (CACC, LFR, PACC, ΔPACC), mean ± std over seeds; the best (lowest) mean ΔPACC in bold.
-    Rows whose detection stage left a warning get a † after the attack, a footnote with the
-    warning, and no bold (the unlearning there says little about the methods).
+    (CACC, LFR, PACC, ΔPACC), mean ± std over seeds; ΔPACC with its paired-bootstrap interval
+    ``[lo, hi]`` when ``intervals`` (``{group: bootstrap_intervals(...)}``) is given.
+
+    Bolding: the lowest mean ΔPACC is bold only when its interval lies below every other
+    method's (:func:`best_separated`); overlapping intervals bold nothing. Rows whose detection
+    stage left a warning (or whose detection F1 is below 0.5) get a † after the attack, a
+    footnote with the warning, and no bold (the unlearning there says little about the methods).
 
     Returns:
-        ``(markdown, dataframe)``; the dataframe holds the means and stds as numbers.
+        ``(markdown, dataframe)``; the dataframe holds the means, stds and interval bounds.
     """
     df = pd.DataFrame(rows)
     methods = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
@@ -140,9 +299,10 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
     records, notes = [], []
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
         cells = [model, dataset, attack]
+        ci = (intervals or {}).get(group_name(model, dataset, attack)) or {}
         means = {m: g[g.method == m]["delta_pacc"].mean() for m in methods if m != "retrain"}
         warnings = sorted({w for w in g.get("detect_warning", pd.Series(dtype=object)).dropna()})
-        best = min(means.values()) if means and not warnings else None
+        best = None if warnings else best_separated(means, {m: v["delta_pacc"] for m, v in ci.items()})
         if warnings:
             notes.append(f"† {model} / {dataset} / {attack}: detection warning: {'; '.join(warnings)}")
             cells[2] = f"{attack} †"
@@ -151,8 +311,12 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
             gm = g[g.method == m]
             for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc",)):
                 s = _fmt(gm[k].tolist())
-                if k == "delta_pacc" and best is not None and np.isclose(means[m], best):
-                    s = f"**{s}**"
+                if k == "delta_pacc":
+                    s += _ci(ci.get(m, {}).get("delta_pacc"))
+                    if m == best:
+                        s = f"**{s}**"
+                    if m in ci:
+                        rec[f"{m}_delta_pacc_lo"], rec[f"{m}_delta_pacc_hi"] = ci[m]["delta_pacc"]
                 cells.append(s)
                 rec[f"{m}_{k}_mean"] = float(gm[k].mean())
                 rec[f"{m}_{k}_std"] = float(gm[k].std(ddof=1)) if len(gm) > 1 else 0.0
@@ -164,18 +328,46 @@ def table(rows: list[dict], methods: list[str]) -> tuple[str, pd.DataFrame]:
     return text, pd.DataFrame(records)
 
 
-def shift_table(rows: list[dict]) -> str:
-    """Markdown: trigger shift (pp) per method and the detection F1, mean over seeds; methods in
-    the order of ``rows`` (poisoned and ReTrain first)."""
+def shift_table(rows: list[dict], intervals: dict | None = None) -> str:
+    """Markdown: trigger shift (pp) per method, mean ± std over seeds, with Δ = method − ReTrain
+    (same cell and seed); both with their paired-bootstrap intervals when ``intervals`` is given;
+    the detection F1 beside it. Methods in the order of ``rows`` (poisoned and ReTrain first)."""
     df = pd.DataFrame(rows)
     methods = list(dict.fromkeys(["poisoned", "retrain"] + df.method.tolist()))
     methods = [m for m in methods if m in set(df.method)]
     lines = ["| Model | Dataset | Attack | CUBE F1 | " + " | ".join(f"{display(m)} shift" for m in methods) + " |",
              "|---|---|---|---:|" + "---:|" * len(methods)]
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
+        ci = (intervals or {}).get(group_name(model, dataset, attack)) or {}
         f1 = g["detect_f1"].dropna()
         cells = [model, dataset, attack, f"{f1.mean():.3f}" if len(f1) else "–"]
-        cells += [_fmt(g[g.method == m]["trigger_shift"].tolist()) for m in methods]
+        for m in methods:
+            gm = g[g.method == m]
+            text = _fmt(gm["trigger_shift"].tolist()) + _ci(ci.get(m, {}).get("trigger_shift"))
+            if m not in ("poisoned", "retrain") and "delta_trigger_shift" in gm:
+                text += f" (Δ {gm['delta_trigger_shift'].mean():.2f}{_ci(ci.get(m, {}).get('delta_trigger_shift'))})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def detection_table(rows: list[dict]) -> str:
+    """Markdown: detection quality per cell, mean over seeds: the detector, precision, recall and
+    F1 (0-1), the forget set's size (rows) and how many of them are truly poisoned (its purity is
+    the precision). A cell with F1 below 0.5 is marked with †, as in the main table."""
+    df = pd.DataFrame([r for r in rows if r["method"] == "poisoned"])
+    lines = ["| Model | Dataset | Attack | Detector | Precision | Recall | F1 | Forget rows | Poisoned in forget |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
+        f1 = g["detect_f1"].dropna()
+        mark = " †" if len(f1) and f1.mean() < MIN_DETECTION_F1 else ""
+        cells = [model, dataset, attack + mark, " / ".join(sorted(set(g["detector"].dropna()))) or "–"]
+        for k in ("detect_precision", "detect_recall", "detect_f1"):
+            v = g[k].dropna()
+            cells.append(f"{v.mean():.3f}" if len(v) else "–")
+        for k in ("forget_rows", "forget_poisoned"):
+            v = g[k].dropna()
+            cells.append(f"{v.mean():.0f}" if len(v) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,40 @@
+"""The README's results block is generated from committed files, and a planted wrong number fails."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rga.readme import BEGIN, END, ReadmeCheckError, check_readme, render_results, replace_block
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_results_block_matches_the_committed_experiment():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    check_readme(readme, render_results(REPO))  # raises, naming the numbers, when they differ
+
+
+def test_a_planted_wrong_number_fails_the_check():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = render_results(REPO)
+    start = readme.index(BEGIN)
+    m = re.search(r"ΔPACC (\d+\.\d) ± ", readme[start:])
+    assert m, "the block quotes a ΔPACC mean"
+    planted = str(round(float(m.group(1)) + 7.3, 1))
+    i = start + m.start(1)
+    wrong = readme[:i] + planted + readme[i + len(m.group(1)):]
+    with pytest.raises(ReadmeCheckError, match=rf"numbers no committed file gives: .*{re.escape(planted)}"):
+        check_readme(wrong, block)
+
+
+def test_missing_markers_and_replacement():
+    block = f"{BEGIN}\nGA ΔPACC 1.0\n{END}\n"
+    with pytest.raises(ReadmeCheckError, match="no generated results block"):
+        check_readme("# README without a block\n", block)
+    text = f"intro\n{BEGIN}\nold 2.0\n{END}\noutro\n"
+    new = replace_block(text, block)
+    assert new == f"intro\n{BEGIN}\nGA ΔPACC 1.0\n{END}\noutro\n"
+    check_readme(new, block)
