@@ -10,7 +10,7 @@ from rga.data import dataset_spec
 from rga.io import load_params, save_figure, write_csv, write_json, write_text
 from rga.pipeline import ROOT
 from rga.unlearning import load_plugins
-from rga.report import (CI_LEVEL, N_BOOTSTRAP, bootstrap_intervals, detection_table, load_curves,
+from rga.report import (CI_LEVEL, N_BOOTSTRAP, bootstrap_intervals, detection_table, group_name, load_curves,
                         load_predictions, matrix_cells, plot_confusions, plot_curve, shift_table, summary_json,
                         summary_rows, table)
 
@@ -25,10 +25,9 @@ targets = {d: dataset_spec(d, P).target_label for d in P["matrix"]["datasets"]}
 rows = summary_rows(ROOT / "metrics", cells, methods, targets)
 # Paired bootstrap over the fixed test set's rows (and seeds) for every model x dataset x attack.
 preds = load_predictions(ROOT / "data" / "preds", cells, methods)
-intervals = {}
-for name, group in preds.items():
-    dataset = next(c[1] for c in cells if f"{c[0]}-{c[1]}-{c[2]}" == name)
-    intervals[name] = bootstrap_intervals(group, targets[dataset], dataset_spec(dataset, P).num_labels)
+dataset_of = {group_name(m, d, a): d for m, d, a, _ in cells}
+intervals = {name: bootstrap_intervals(group, targets[dataset_of[name]], dataset_spec(dataset_of[name], P).num_labels)
+             for name, group in preds.items()}
 write_json(summary_json(rows, intervals), ROOT / "metrics" / "summary.json")
 md, df = table(rows, methods, intervals)
 write_csv(df, ROOT / "report" / "table.csv")

@@ -91,10 +91,15 @@ def test_report_and_metrics(tiny_repo):
             assert len(rows) == sum(map(sum, res["confusion_triggered"]))
             pacc[m] = 100 * (rows["pred"] == rows["label"]).mean()
             assert pacc[m] == pytest.approx(res["pacc"])
+            # each triggered row sits next to its own clean row's prediction (the trigger shift's pairing)
+            assert (rows["clean_label"] == rows["label"]).all()
+            matched = pd.crosstab(rows["clean_label"], rows["clean_pred"]).reindex(
+                index=[0, 1], columns=[0, 1], fill_value=0).to_numpy().tolist()
+            assert matched == res["confusion_clean_matched"]
         for m in methods:
             got = group[m]
             assert got["delta_pacc"] == pytest.approx(abs(pacc["retrain"] - pacc[m]), abs=0.006)
-            assert got["delta_pacc_lo"] <= got["delta_pacc"] <= got["delta_pacc_hi"]
+            assert got["delta_pacc"] <= got["delta_pacc_hi"]  # (lo can exceed a point ΔPACC of 0: see bootstrap_intervals)
             if pacc[m] != pacc["retrain"]:
                 assert got["delta_pacc_hi"] > got["delta_pacc_lo"]  # a real interval, not a point
         # gradient ascent raises the forget set's cross-entropy (Eq. 3): a behaviour of the method, read

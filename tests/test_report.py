@@ -432,3 +432,36 @@ def test_best_separated():
     assert best_separated(means, {"ga": (25, 35), "rga": (0, 4), "dga": (1, 6)}) is None   # rga and dga overlap
     assert best_separated(means, {"ga": (25, 35), "rga": (0, 4), "dga": (4.5, 6)}) == "rga"
     assert best_separated(means, None) is None
+
+
+def test_predictions_table_matches_triggered_rows_to_their_clean_rows():
+    from rga.stagekit import UNMATCHED, predictions_table
+
+    clean = pd.DataFrame({"text": list("abcd"), "label": [0, 1, 0, 1]})
+    preds = {"clean": np.array([0, 1, 1, 1]), "triggered": np.array([1, 1, 0])}
+    # with clean_row (the generated route): rows 3, 0, 2 of the clean set
+    trig = pd.DataFrame({"text": ["d*", "a*", "c*"], "label": [1, 0, 0], "clean_row": [3, 0, 2]})
+    t = predictions_table(preds, clean, trig)
+    assert t["clean_label"].tolist() == [1, 0, 0] and t["clean_pred"].tolist() == [1, 0, 1]
+    assert t["pred"].tolist() == [1, 1, 0] and t["label"].tolist() == [1, 0, 0]
+    # no clean_row, same length and labels: aligned row by row
+    aligned = pd.DataFrame({"text": list("ABCD"), "label": [0, 1, 0, 1]})
+    t = predictions_table({"clean": preds["clean"], "triggered": np.array([1, 1, 1, 0])}, clean, aligned)
+    assert t["clean_row"].tolist() == [0, 1, 2, 3] and t["clean_pred"].tolist() == [0, 1, 1, 1]
+    # no clean_row and a different length (a user's or the authors' triggered set): unmatched, no crash
+    longer = pd.DataFrame({"text": list("ABCDE"), "label": [0, 1, 0, 1, 1]})
+    t = predictions_table({"clean": preds["clean"], "triggered": np.array([1, 1, 1, 0, 0])}, clean, longer)
+    assert (t[["clean_row", "clean_label", "clean_pred"]] == UNMATCHED).all().all()
+    assert t["pred"].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_bootstrap_without_matched_clean_rows_gives_no_shift_interval():
+    from rga.report import bootstrap_intervals
+
+    n = 200
+    retrain = preds_table(np.ones(n, bool)).assign(clean_row=-1, clean_label=-1, clean_pred=-1)
+    ga = preds_table(~(np.arange(n) % 4 == 0)).assign(clean_row=-1, clean_label=-1, clean_pred=-1)
+    ci = bootstrap_intervals({"retrain": [retrain], "ga": [ga]}, 1, 2, n_boot=500)
+    assert ci["ga"]["trigger_shift"] is None and ci["ga"]["delta_trigger_shift"] is None
+    lo, hi = ci["ga"]["delta_pacc"]
+    assert lo < 25.0 < hi

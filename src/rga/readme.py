@@ -1,8 +1,8 @@
 """The README's results section, generated from committed files and checked against them.
 
 Every number in the block between :data:`BEGIN` and :data:`END` in README.md is rendered here
-from the committed three-seed experiment (``experiments/three-seeds/``: ``summary.json``,
-``summary_rows.csv``, ``table.md``), so the README cannot quote a number that no committed file
+from the committed three-seed experiment (``experiments/three-seeds/``: ``summary_rows.csv``,
+``table.csv``, ``table.md`` and the ReTrain metrics files), so the README cannot quote a number that no committed file
 holds. ``python -m rga.readme --write`` regenerates the block; ``--check`` (and
 ``tests/test_readme.py``) fails when the README's block differs from what the files give, and
 names the numbers that differ.
@@ -34,12 +34,8 @@ def _ms(values, digits: int = 1) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
 
 
-def _ci(entry: dict) -> str:
-    return f"[{entry['delta_pacc_lo']:.1f}, {entry['delta_pacc_hi']:.1f}]"
-
-
-def _overlap(a: dict, b: dict) -> bool:
-    return not (a["delta_pacc_hi"] < b["delta_pacc_lo"] or b["delta_pacc_hi"] < a["delta_pacc_lo"])
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:.1f}, {hi:.1f}]"
 
 
 def render_results(root: Path) -> str:
@@ -49,65 +45,70 @@ def render_results(root: Path) -> str:
         FileNotFoundError: a source file is missing (names it).
     """
     src = Path(root) / SOURCE
-    for name in ("summary.json", "summary_rows.csv", "table.md"):
+    for name in ("summary_rows.csv", "table.csv", "table.md"):
         if not (src / name).is_file():
             raise FileNotFoundError(f"missing {src / name}: run the three-seed experiment (see {src}/README.md)")
-    summary = json.loads((src / "summary.json").read_text(encoding="utf-8"))
     rows = pd.read_csv(src / "summary_rows.csv")
+    records = pd.read_csv(src / "table.csv").set_index("attack")  # unrounded means and interval bounds
     table = (src / "table.md").read_text(encoding="utf-8")
     table = table.split("\n", 1)[1].lstrip("\n")  # drop the report's own H1
     table = table.replace("\n## ", "\n#### ")
     seeds = sorted(rows["seed"].unique().tolist())
     model, dataset = rows["model"].iloc[0], rows["dataset"].iloc[0]
 
-    def group(attack: str) -> dict:
-        return summary[f"{model}-{dataset}-{attack}"]
-
     def col(attack: str, method: str, key: str) -> pd.Series:
         return rows[(rows.attack == attack) & (rows.method == method)][key]
 
+    def ci(attack: str, method: str, key: str) -> tuple[float, float]:
+        r = records.loc[attack]
+        return float(r[f"{method}_{key}_lo"]), float(r[f"{method}_{key}_hi"])
+
+    def has(method: str) -> bool:
+        return f"{method}_delta_pacc_lo" in records.columns
+
     attacks = list(dict.fromkeys(rows["attack"]))
     shown = [a for a in ("badnets", "addsent") if a in attacks]
+    sizes = sorted({int(sum(map(sum, json.loads((src / "metrics" / "unlearn" /
+                                                  f"{model}-{dataset}-{a}-{s}-retrain.json").read_text())
+                                       ["confusion_clean"]))) for a in attacks for s in seeds})
     lines = [BEGIN,
              f"**Seeds {', '.join(map(str, seeds))}** of the default matrix ({model} × {dataset} × "
-             f"{', '.join(attacks)}), all scored on one fixed test set (600 rows per attack, drawn once per "
-             "dataset: seeds vary the poisoned subset, the fine-tune, detection and unlearning, never the test "
-             "rows). Values are mean ± std over the seeds; [lo, hi] is the 95% paired bootstrap interval of "
-             "ΔPACC (test rows and seeds resampled, the same rows for the method and ReTrain). Source: "
-             f"`{SOURCE.as_posix()}/` (its README gives the command).", ""]
+             f"{', '.join(attacks)}), all scored on one fixed test set ({' / '.join(map(str, sizes))} rows, "
+             "drawn once per dataset: seeds vary the poisoned subset, the fine-tune, detection and unlearning, "
+             "never the test rows). Values are mean ± std over the seeds; [lo, hi] is the 95% paired bootstrap "
+             "interval (test rows and seeds resampled, the same rows for the method and ReTrain); Δ shift = "
+             f"trigger shift − ReTrain's. Source: `{SOURCE.as_posix()}/` (its README gives the command).", ""]
     lines.append(table.rstrip("\n"))
     lines += ["", "What the three seeds show:"]
-    for method, name in (("ga", "GA"), ("npo", "NPO")):
-        if method not in group(shown[0]):
+
+    def shift_words(attack: str, method: str) -> str:
+        lo, hi = ci(attack, method, "delta_trigger_shift")
+        verdict = ("above ReTrain's" if lo > 0 else "not distinguishable from ReTrain's" if hi >= 0
+                   else "below ReTrain's")
+        return (f"trigger shift {_ms(col(attack, method, 'trigger_shift'))} pp, Δ shift "
+                f"{records.loc[attack, f'{method}_delta_trigger_shift_mean']:.1f} {_ci(lo, hi)} ({verdict})")
+
+    for method, name in (("ga", "GA"), ("npo", "NPO"), ("rga", "RGA"), ("dga", "DGA")):
+        if not has(method):
             continue
-        parts = [f"{a}: ΔPACC {_ms(col(a, method, 'delta_pacc'))} {_ci(group(a)[method])}, trigger shift "
-                 f"{_ms(col(a, method, 'trigger_shift'))} pp" for a in shown]
-        lines.append(f"* **{name}** removes the backdoor's LFR but shifts the trigger — " + "; ".join(parts) + ".")
-    if "rga" in group(shown[0]):
-        parts = [f"{a}: ΔPACC {_ms(col(a, 'rga', 'delta_pacc'))} {_ci(group(a)['rga'])}, CACC "
-                 f"{_ms(col(a, 'rga', 'cacc'))} (ReTrain {_ms(col(a, 'retrain', 'cacc'))}), trigger shift "
-                 f"{_ms(col(a, 'rga', 'trigger_shift'))} pp (ReTrain {_ms(col(a, 'retrain', 'trigger_shift'))})"
-                 for a in shown]
-        lines.append("* **RGA** stays near ReTrain — " + "; ".join(parts) + ".")
-    if "rga" in group(shown[0]) and "dga" in group(shown[0]):
-        same = [a for a in shown if _overlap(group(a)["rga"], group(a)["dga"])]
-        apart = [a for a in shown if a not in same]
-        text = "* **RGA against DGA** (RGA without the norm term): ΔPACC " + "; ".join(
-            f"{a} {group(a)['dga']['delta_pacc']:.1f} {_ci(group(a)['dga'])} for DGA against "
-            f"{group(a)['rga']['delta_pacc']:.1f} {_ci(group(a)['rga'])} for RGA" for a in shown) + ". "
+        parts = [f"{a}: ΔPACC {_ms(col(a, method, 'delta_pacc'))} {_ci(*ci(a, method, 'delta_pacc'))}, LFR "
+                 f"{_ms(col(a, method, 'lfr'))}, CACC {_ms(col(a, method, 'cacc'))} (ReTrain "
+                 f"{_ms(col(a, 'retrain', 'cacc'))}), {shift_words(a, method)}" for a in shown]
+        lines.append(f"* **{name}** — " + "; ".join(parts) + ".")
+    if has("rga") and has("dga"):
+        same = [a for a in shown if not (ci(a, "rga", "delta_pacc")[1] < ci(a, "dga", "delta_pacc")[0]
+                                         or ci(a, "dga", "delta_pacc")[1] < ci(a, "rga", "delta_pacc")[0])]
         if same:
-            text += (f"The intervals overlap on {', '.join(same)}: these seeds do not separate RGA from DGA there "
-                     "(the paper's Table 3 reports DGA behind RGA; that is not reproduced here).")
-        if apart:
-            text += f" They are separated on {', '.join(apart)}."
-        lines.append(text)
-    ga_separated = all(group(a)["ga"]["delta_pacc_lo"] > group(a)["rga"]["delta_pacc_hi"] for a in shown
-                       if "ga" in group(a) and "rga" in group(a))
-    if shown and "ga" in group(shown[0]) and "rga" in group(shown[0]):
-        lines.append("* The paper's central contrast — GA shifts the trigger, RGA does not — "
-                     + ("holds: GA's ΔPACC interval (rows and seeds resampled) lies entirely above RGA's on "
-                        + " and ".join(shown) + "." if ga_separated else
-                        "is not separated by these intervals on every attack; read the table."))
+            lines.append(f"* RGA against DGA (RGA without the norm term): their ΔPACC intervals overlap on "
+                         f"{', '.join(same)}, so these seeds do not separate them there (the paper's Table 3 "
+                         "reports DGA behind RGA; that is not reproduced here).")
+    if has("ga") and has("rga"):
+        apart = [a for a in shown if ci(a, "ga", "delta_trigger_shift")[0] > ci(a, "rga", "delta_trigger_shift")[1]
+                 and ci(a, "ga", "delta_pacc")[0] > ci(a, "rga", "delta_pacc")[1]]
+        lines.append("* The paper's central contrast — GA shifts the trigger, RGA much less — "
+                     + (f"holds on {' and '.join(apart)}: GA's ΔPACC and Δ shift intervals both lie entirely above "
+                        "RGA's." if apart == shown else
+                        f"is separated by the intervals only on {', '.join(apart) or 'no attack'}; read the table."))
     det = rows[rows.method == "poisoned"]
     f1 = {a: det[det.attack == a].set_index("seed")["detect_f1"] for a in attacks}
     held = [s for s in seeds if s != 0]

@@ -213,9 +213,14 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
         target_label, num_labels: the dataset's.
         n_boot: replicates B; seed: the resampling seed (same inputs, same intervals).
 
+    The interval is that of a mean of absolute differences, so it lies above 0 whenever some
+    rows disagree: a point ΔPACC of exactly 0 can sit below a replicate interval [lo > 0, hi].
+
     Returns:
         ``{method: {"delta_pacc": (lo, hi), "trigger_shift": (lo, hi),
-        "delta_trigger_shift": (lo, hi)}}`` in percentage points, ReTrain excluded.
+        "delta_trigger_shift": (lo, hi)}}`` in percentage points, ReTrain excluded; the two
+        trigger-shift intervals are ``None`` when some triggered rows are not matched to their
+        clean rows (``clean_row`` −1, see :func:`rga.stagekit.predictions_table`).
 
     Raises:
         ValueError: no ``retrain`` entry, or tables of different lengths or seed counts (the
@@ -239,7 +244,9 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
         return {m: np.stack([fn(t) for t in tabs], axis=1)[cols, seeds] for m, tabs in preds.items()}
 
     pacc = per_seed(lambda t: 100.0 * (t["pred"].to_numpy() == t["label"].to_numpy())[idx].mean(1))
-    shift = per_seed(lambda t: _shift_per_replicate(t, idx, target_label, num_labels))
+    # the trigger shift compares each triggered row with its own clean row: only where they are matched
+    matched = all((t["clean_row"].to_numpy() >= 0).all() for tabs in preds.values() for t in tabs)
+    shift = per_seed(lambda t: _shift_per_replicate(t, idx, target_label, num_labels)) if matched else None
     tail = (100.0 - level) / 2
 
     def interval(values: np.ndarray) -> tuple[float, float]:
@@ -247,8 +254,8 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
         return float(lo), float(hi)
 
     return {m: {"delta_pacc": interval(np.abs(pacc["retrain"] - pacc[m])),
-                "trigger_shift": interval(shift[m]),
-                "delta_trigger_shift": interval(shift[m] - shift["retrain"])}
+                "trigger_shift": interval(shift[m]) if matched else None,
+                "delta_trigger_shift": interval(shift[m] - shift["retrain"]) if matched else None}
             for m in preds if m != "retrain"}
 
 
@@ -309,7 +316,11 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
         rec = {"model": model, "dataset": dataset, "attack": attack, "seeds": int(g.seed.nunique())}
         for m in methods:
             gm = g[g.method == m]
-            for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc",)):
+            for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc", "delta_trigger_shift")):
+                if k == "delta_trigger_shift":  # in the dataframe only (the shift table shows it)
+                    if k in gm:
+                        rec[f"{m}_{k}_mean"] = float(gm[k].mean())
+                    continue
                 s = _fmt(gm[k].tolist())
                 if k == "delta_pacc":
                     s += _ci(ci.get(m, {}).get("delta_pacc"))
@@ -317,6 +328,9 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
                         s = f"**{s}**"
                     if m in ci:
                         rec[f"{m}_delta_pacc_lo"], rec[f"{m}_delta_pacc_hi"] = ci[m]["delta_pacc"]
+                        if ci[m].get("delta_trigger_shift"):
+                            rec[f"{m}_delta_trigger_shift_lo"], rec[f"{m}_delta_trigger_shift_hi"] = \
+                                ci[m]["delta_trigger_shift"]
                 cells.append(s)
                 rec[f"{m}_{k}_mean"] = float(gm[k].mean())
                 rec[f"{m}_{k}_std"] = float(gm[k].std(ddof=1)) if len(gm) > 1 else 0.0

@@ -12,27 +12,44 @@ from .pipeline import ROOT
 
 def predictions_path(cell: str, method: str):
     """data/preds/<cell>-<method>.csv: one method's per-row test predictions (for the report's
-    paired bootstrap, :func:`rga.report.bootstrap_cell`)."""
+    paired bootstrap, :func:`rga.report.bootstrap_intervals`)."""
     return ROOT / "data" / "preds" / f"{cell}-{method}.csv"
+
+
+UNMATCHED = -1  # clean_row / clean_label / clean_pred of a triggered row with no known clean counterpart
 
 
 def predictions_table(preds: dict, clean: pd.DataFrame, trig: pd.DataFrame) -> pd.DataFrame:
     """Per-row predictions on the fully triggered test set, each next to the same row's clean
-    prediction.
+    prediction where that row is known.
 
     Args:
         preds: ``{"clean": [N_clean], "triggered": [N_trig]}`` predicted labels.
-        clean, trig: the cell's ``test_clean`` / ``test_poisoned_all`` tables (``trig`` may have
-            ``clean_row``, the triggered row's index in ``clean``; without it rows are aligned).
+        clean, trig: the cell's ``test_clean`` / ``test_poisoned_all`` tables. ``trig`` may have
+            ``clean_row`` (the triggered row's index in ``clean``); without it the rows are taken
+            as aligned only when both sets have the same length and labels, as
+            :func:`rga.evaluation.backdoor_metrics` then compares them too.
 
     Returns:
         [N_trig] rows: ``label`` (original label), ``pred`` (on the triggered text),
-        ``clean_row``, ``clean_label``, ``clean_pred`` (on the clean text of the same row).
+        ``clean_row``, ``clean_label``, ``clean_pred`` (on the clean text of the same row), the
+        last three :data:`UNMATCHED` (-1) when the triggered rows cannot be matched to clean rows
+        (a user's or the authors' triggered set without ``clean_row``); the report then gives
+        no trigger-shift interval for the cell.
     """
-    rows = trig["clean_row"].to_numpy() if "clean_row" in trig else np.arange(len(trig))
-    return pd.DataFrame({"label": trig["label"].to_numpy(), "pred": np.asarray(preds["triggered"]),
-                         "clean_row": rows, "clean_label": clean["label"].to_numpy()[rows],
-                         "clean_pred": np.asarray(preds["clean"])[rows]})
+    labels = trig["label"].to_numpy()
+    if "clean_row" in trig:
+        rows = trig["clean_row"].to_numpy()
+    elif len(trig) == len(clean) and (clean["label"].to_numpy() == labels).all():
+        rows = np.arange(len(trig))
+    else:
+        rows = None
+    matched = rows is not None
+    unmatched = np.full(len(trig), UNMATCHED)
+    return pd.DataFrame({"label": labels, "pred": np.asarray(preds["triggered"]),
+                         "clean_row": rows if matched else unmatched,
+                         "clean_label": clean["label"].to_numpy()[rows] if matched else unmatched,
+                         "clean_pred": np.asarray(preds["clean"])[rows] if matched else unmatched})
 
 
 def write_method_result(cell: str, method: str, metrics: dict, preds: dict, clean: pd.DataFrame,
