@@ -465,3 +465,21 @@ def test_bootstrap_without_matched_clean_rows_gives_no_shift_interval():
     assert ci["ga"]["trigger_shift"] is None and ci["ga"]["delta_trigger_shift"] is None
     lo, hi = ci["ga"]["delta_pacc"]
     assert lo < 25.0 < hi
+
+
+def test_bootstrap_shift_agrees_with_the_evaluation_definition():
+    """The vectorised per-replicate shift is evaluation.trigger_shift on the resampled rows."""
+    from rga.evaluation import confusion, trigger_shift
+    from rga.report import _shift_per_replicate
+
+    rng = np.random.default_rng(1)
+    n = 300
+    label = rng.integers(0, 4, n)
+    t = pd.DataFrame({"label": label, "pred": rng.integers(0, 4, n), "clean_row": np.arange(n),
+                      "clean_label": label, "clean_pred": rng.integers(0, 4, n)})
+    idx = np.stack([np.arange(n), rng.integers(0, n, n)])
+    got = _shift_per_replicate(t, idx, target_label=2, num_labels=4)
+    for b in range(2):
+        r = t.iloc[idx[b]]
+        want = trigger_shift(confusion(r["clean_pred"], r["clean_label"], 4), confusion(r["pred"], r["label"], 4), 2)
+        assert got[b] == pytest.approx(want["trigger_shift"])

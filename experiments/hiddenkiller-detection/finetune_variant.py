@@ -3,7 +3,7 @@
 Usage: python experiments/hiddenkiller-detection/finetune_variant.py <attack dir> <out folder> <epochs> <lr> [threads] [seed]
 Then: sweep.py --cell minilm-sst2-hiddenkiller-0 --model <out folder> --attack-dir <attack dir>
 """
-import sys, numpy as np, torch
+import sys, torch
 from rga.data import read_parquet
 from rga.models import load_classifier, save_classifier, PYPI_MINILM
 from rga.training import TrainConfig, train_classifier, predict_logits

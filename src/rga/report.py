@@ -270,17 +270,21 @@ def best_separated(means: dict[str, float], intervals: dict[str, tuple[float, fl
     return best if all(hi < intervals[m][0] for m in means if m != best) else None
 
 
-def _fmt(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def format_mean_std(values, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, ddof 1) of the non-missing values; the value alone for one,
+    ``–`` for none."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return "–"
     if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
 
 
-def _ci(interval) -> str:
+def format_interval(interval) -> str:
+    """`` [lo, hi]`` (1 decimal) of an interval, empty for none."""
     return f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else ""
+
 
 
 def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -> tuple[str, pd.DataFrame]:
@@ -321,9 +325,9 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
                     if k in gm:
                         rec[f"{m}_{k}_mean"] = float(gm[k].mean())
                     continue
-                s = _fmt(gm[k].tolist())
+                s = format_mean_std(gm[k].tolist())
                 if k == "delta_pacc":
-                    s += _ci(ci.get(m, {}).get("delta_pacc"))
+                    s += format_interval(ci.get(m, {}).get("delta_pacc"))
                     if m == best:
                         s = f"**{s}**"
                     if m in ci:
@@ -357,9 +361,9 @@ def shift_table(rows: list[dict], intervals: dict | None = None) -> str:
         cells = [model, dataset, attack, f"{f1.mean():.3f}" if len(f1) else "–"]
         for m in methods:
             gm = g[g.method == m]
-            text = _fmt(gm["trigger_shift"].tolist()) + _ci(ci.get(m, {}).get("trigger_shift"))
+            text = format_mean_std(gm["trigger_shift"].tolist()) + format_interval(ci.get(m, {}).get("trigger_shift"))
             if m not in ("poisoned", "retrain") and "delta_trigger_shift" in gm:
-                text += f" (Δ {gm['delta_trigger_shift'].mean():.2f}{_ci(ci.get(m, {}).get('delta_trigger_shift'))})"
+                text += f" (Δ {gm['delta_trigger_shift'].mean():.2f}{format_interval(ci.get(m, {}).get('delta_trigger_shift'))})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
