@@ -1,0 +1,815 @@
+"""Scale-out launcher: run the expanded DVC DAG's stages as parallel jobs over one DVC cache.
+
+``rga-launch`` (or ``python -m rga.launch``) reads the expanded DAG (``matrix:``/``foreach:``
+stages and their dependencies) through DVC's Python API, works out which stages are stale, and
+runs each stale stage as one job in its own git worktree of the current commit:
+
+1. the worktree gets the workspace's ``params.yaml`` and ``dvc.lock`` (uncommitted params go with
+   it; other uncommitted source edits are refused, since a job would not see them);
+2. the job runs ``dvc repro <stage>`` there: the stages upstream of it are restored from DVC's
+   run-cache ("Stage ... is cached - skipping run, checking out outputs"), which the jobs that
+   produced them filled, and the stage itself runs (or is restored, if it ever ran with the
+   same dependencies and params);
+3. all jobs share the workspace's DVC cache directory (``dvc cache dir``), or, without a shared
+   file system, a DVC remote: ``dvc pull --run-cache`` before and ``dvc push --run-cache`` after.
+
+A job starts when every stage it depends on has finished (the dependency graph, not waves).
+When all are done, ``dvc repro`` in the workspace restores every output from the run-cache and
+computes nothing; it writes the same ``dvc.lock``, metrics and plots as a serial run.
+
+Stages DVC cannot run-cache (outputs with ``persist: true``, e.g. the paraphrase cache) run in
+the workspace itself, one at a time, so that their persisted outputs carry over between runs.
+
+Executors: ``local`` (N worker processes here, torch threads per worker = cores / N, one GPU
+per worker through ``CUDA_VISIBLE_DEVICES`` when there are GPUs), ``slurm`` (submitit: one SLURM
+job per stage, a GPU only for stages that load a model) and ``submitit-local`` (submitit's local
+executor, how the SLURM path is tested on one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+# stage kinds (the name before '@') that load a model: these get a GPU under SLURM/local GPUs
+MODEL_STAGES = ("paraphrase", "finetune", "detect", "retrain", "retrain_eval", "unlearn", "unlearn_plugin")
+LAUNCH_DIR = Path(".dvc") / "tmp" / "launch"
+# files a job carries from the workspace besides the commit; edits to other tracked files are refused
+CARRIED = ("params.yaml", "dvc.lock")
+DEFAULTS = {
+    "executor": "local",
+    "workers": 2,
+    "threads": 0,            # torch threads per job; 0 = cores / workers
+    "remote": "",            # DVC remote for clusters without a shared file system
+    "finish": True,          # run `dvc repro` in the workspace afterwards (restores from the run-cache)
+    "slurm": {"partition": "", "gpus_per_job": 1, "cpus_per_job": 8, "mem_gb": 64, "time_min": 240,
+              "account": "", "gpu_stages": list(MODEL_STAGES), "extra": {}},
+}
+
+
+class LaunchError(RuntimeError):
+    """The launcher refuses to start or cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class Job:
+    """One stage of the expanded DAG to run.
+
+    Attributes:
+        name: DVC's address of the stage (``unlearn@minilm-sst2-badnets-0-rga``).
+        kind: the stage's name before ``@`` (``unlearn``).
+        upstream: addresses of the stale stages it depends on, directly or not (it waits for them).
+        restore: upstream stages its worktree checks out by the workspace's dvc.lock before it
+            runs (those not run in this launch, and those run in the workspace itself).
+        copy_outs: ``cache: false`` outputs of upstream stages that are not stale, copied from
+            the workspace into its worktree (DVC keeps them in git, not the cache).
+        cacheable: DVC can restore it from the run-cache (no ``persist`` outputs, has deps and outs).
+    """
+
+    name: str
+    kind: str
+    upstream: set[str] = field(default_factory=set)
+    cacheable: bool = True
+    started: float = 0.0
+    seconds: float = 0.0
+    log: Path | None = None
+    workdir: Path | None = None
+    restore: list[str] = field(default_factory=list)
+    copy_outs: list[str] = field(default_factory=list)
+    handle: object = None
+    slot: int | None = None
+
+
+# --------------------------------------------------------------------------- the DAG
+
+def _run_cacheable(stage) -> bool:
+    """Whether DVC's run-cache can save and restore ``stage``: it has a command, dependencies and
+    outputs, is not always-changed, and has no ``persist`` outputs (DVC's own rule)."""
+    if not (stage.cmd and stage.deps and stage.outs) or stage.always_changed:
+        return False
+    return not any(out.persist for out in stage.outs)
+
+
+def plan(root: Path, targets: Sequence[str] = ()) -> dict[str, Job]:
+    """The stale stages of the workspace at ``root``, from DVC's expanded DAG.
+
+    A stage is stale when ``dvc status`` reports it (changed deps, params, command or missing
+    outputs), or when a stage upstream of it is stale (its inputs will change). With
+    ``targets`` (stage addresses or names, as ``dvc repro`` takes them), only those and their
+    upstream stages are considered.
+
+    Returns:
+        address -> :class:`Job`, each job's ``upstream`` restricted to stale stages.
+
+    Raises:
+        LaunchError: an unknown target (names it and lists the pipeline's stage names).
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph
+        stages = {s.addressing: s for s in graph if isinstance(s, PipelineStage)}
+        if targets:
+            keep: set[str] = set()
+            for t in targets:
+                hits = [a for a in stages if a == t or a.split("@")[0] == t]
+                if not hits:
+                    kinds = sorted({a.split("@")[0] for a in stages})
+                    raise LaunchError(f"unknown target {t!r}; stages: {', '.join(kinds)} (or one expanded "
+                                      "address such as unlearn@minilm-sst2-badnets-0-rga)")
+                for a in hits:
+                    keep.add(a)
+                    keep.update(u.addressing for u in nx.descendants(graph, stages[a]) if u.addressing in stages)
+            stages = {a: s for a, s in stages.items() if a in keep}
+        changed = set(repo.status(targets=list(stages)) or {}) if stages else set()
+        stale = set()
+        for a, s in stages.items():
+            ups = {u.addressing for u in nx.descendants(graph, s)}
+            if a in changed or ups & changed:
+                stale.add(a)
+        jobs = {}
+        for a in stale:
+            s = stages[a]
+            all_ups = [u for u in nx.descendants(graph, s) if isinstance(u, PipelineStage)]
+            ups = {u.addressing for u in all_ups} & stale
+            restore = sorted(u.addressing for u in all_ups if u.addressing not in stale or not _run_cacheable(u))
+            copy_outs = sorted(str(o.def_path) for u in all_ups if u.addressing not in stale
+                               for o in u.outs if not o.use_cache)
+            jobs[a] = Job(a, a.split("@")[0], ups, _run_cacheable(s), restore=restore, copy_outs=copy_outs)
+    return jobs
+
+
+# --------------------------------------------------------------------------- the workspace
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise LaunchError(f"git {' '.join(args)} failed in {root}: {proc.stderr.strip()}")
+    return proc
+
+
+def check_workspace(root: Path, output_paths: set[str]) -> str:
+    """The commit jobs start from, after checking that nothing uncommitted would be lost.
+
+    ``params.yaml`` and ``dvc.lock`` edits are carried into every job; edits to DVC outputs are
+    rewritten by the run. Any other modified tracked file (code, dvc.yaml, a profile) is refused.
+
+    Raises:
+        LaunchError: not a git repository, no commit yet, or uncommitted edits a job would miss
+            (lists them and says to commit or stash them).
+    """
+    if _git(root, "rev-parse", "--git-dir", check=False).returncode != 0:
+        raise LaunchError(f"{root} is not a git repository; the launcher runs jobs in worktrees of its commit")
+    head = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+    if head.returncode != 0:
+        raise LaunchError("the repository has no commit yet; commit the pipeline first (git add -A && git commit)")
+    modified = [ln[3:] for ln in _git(root, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    blocked = []
+    for path in modified:
+        path = path.split(" -> ")[-1].strip('"')
+        if path in CARRIED or any(path == o or path.startswith(o.rstrip("/") + "/") for o in output_paths):
+            continue
+        blocked.append(path)
+    if blocked:
+        raise LaunchError("uncommitted changes the jobs would not see: " + ", ".join(sorted(blocked)) +
+                          "; commit or stash them (params.yaml edits are carried into the jobs)")
+    return head.stdout.strip()
+
+
+def output_paths(root: Path) -> set[str]:
+    """Every pipeline output path (relative to ``root``), from DVC's index."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {str(o.def_path) for s in repo.index.stages for o in s.outs}
+
+
+class WorkspaceLock:
+    """One launcher per workspace: an exclusive ``flock`` on ``.dvc/tmp/launch/lock``.
+
+    Raises:
+        LaunchError: another launcher holds it (names its pid).
+    """
+
+    def __init__(self, root: Path):
+        self.path = root / LAUNCH_DIR / "lock"
+        self.fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            pid = self.fh.read().strip() or "?"
+            self.fh.close()
+            raise LaunchError(f"another rga-launch (pid {pid}) is running on this workspace ({self.path.parent}); "
+                              "wait for it to finish or stop it (Ctrl-C) first") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def cache_dir(root: Path) -> str:
+    """The workspace's DVC cache directory (absolute), which every job shares."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return str(Path(repo.cache.local.path).parents[1])  # <cache>/files/md5 -> <cache>
+
+
+def dvc_config(root: Path, key: str) -> str:
+    """``dvc config <key>`` of the workspace, '' when unset."""
+    proc = subprocess.run(["dvc", "config", key], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+# --------------------------------------------------------------------------- one job
+
+def job_command(job: Job, remote: str) -> list[str]:
+    """The command a job runs in its worktree: ``python -m rga.launch --job <stage>`` (see :func:`run_job`)."""
+    cmd = [sys.executable, "-m", "rga.launch", "--job", job.name]
+    for name in job.restore:
+        cmd += ["--restore", name]
+    return cmd + (["--remote", remote] if remote else [])
+
+
+def run_job(stage: str, restore: Sequence[str] = (), remote: str = "") -> int:
+    """Body of one job, run inside its worktree.
+
+    Shared cache: ``dvc checkout`` of ``restore`` (the upstream stages not run in this launch,
+    by the workspace's dvc.lock), then ``dvc repro <stage>``: the upstream stages this launch
+    ran are restored from the run-cache, then the stage runs (or is restored too, if it ran
+    before with the same dependencies and params). With a remote (no shared file system):
+    ``dvc repro --pull <stage>`` pulls the run-cache and the data it needs from the default
+    remote. Then the stage is saved to the run-cache (:func:`save_run_cache`) and, with a
+    remote, ``dvc push --run-cache``.
+
+    Returns:
+        the exit code of ``dvc repro`` (or of the push), 0 on success. A failed checkout is
+        not fatal: ``dvc repro`` then recomputes what is missing.
+    """
+    steps = []
+    if remote:
+        steps.append(["dvc", "repro", "--pull", stage])
+    else:
+        if restore:
+            steps.append(["dvc", "checkout", *restore])
+        steps.append(["dvc", "repro", stage])
+    for cmd in steps:
+        print(f"[rga-launch job] $ {' '.join(cmd)}", flush=True)
+        rc = subprocess.call(cmd)
+        if rc != 0 and cmd[1] != "checkout":
+            return rc
+    print(f"[rga-launch job] saving {stage} to the run-cache", flush=True)
+    save_run_cache(Path.cwd(), stage, remote)
+    if remote:
+        print(f"[rga-launch job] $ dvc push --run-cache -r {remote}", flush=True)
+        return subprocess.call(["dvc", "push", "--run-cache", "-r", remote])
+    return 0
+
+
+def save_run_cache(root: Path, stage: str, remote: str = "") -> None:
+    """Save a stage that has just run at ``root`` to DVC's run-cache (``StageCache.save``).
+
+    ``dvc repro`` itself skips the run-cache for a stage with a plain ``cache: false`` output
+    (one that is neither a metric nor a plot), which every stage here has: the committed
+    per-stage detail files (``metrics/<stage>/*.json``, ``history.csv``). DVC's run-cache stores
+    such outputs as copies when asked (the same path it takes for ``cache: false`` metrics), and
+    these files are small, so each job saves its stage explicitly: a later ``dvc repro``
+    restores it ("Stage ... is cached - skipping run, checking out outputs"). With ``remote``,
+    the objects of the entry are pushed there too (:func:`push_run_cache_objects`).
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        found = [s for s in repo.index.stages if s.addressing == stage]
+        if not found:
+            raise LaunchError(f"stage {stage!r} is not in {root}/dvc.yaml")
+        with repo.lock:
+            found[0].save(run_cache=True)
+            if remote:
+                push_run_cache_objects(repo, found[0], remote)
+
+
+def push_run_cache_objects(repo, stage, remote: str) -> None:
+    """Push every object a run-cache entry of ``stage`` refers to, ``cache: false`` outputs
+    included (``dvc push --run-cache`` sends only the cached ones), so that another machine can
+    restore the stage from the remote (the mirror of what ``dvc repro --pull`` fetches)."""
+    from dvc.stage.serialize import to_single_stage_lockfile
+
+    cached = repo.stage_cache._create_stage(to_single_stage_lockfile(stage), wdir=stage.wdir)
+    for objs in cached.get_used_objs().values():
+        repo.cloud.push(objs, remote=remote)
+
+
+def prepare_worktree(root: Path, commit: str, job: Job, cache: str, remote: str, shared_group: bool) -> Path:
+    """A fresh git worktree of ``commit`` for ``job`` under ``.dvc/tmp/launch/jobs/``, holding the
+    workspace's params.yaml and dvc.lock and configured to use the shared cache (or, with a
+    remote, a cache of its own)."""
+    work = root / LAUNCH_DIR / "jobs" / job.name.replace("@", "_at_")
+    if work.exists():
+        remove_worktree(root, work)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    _git(root, "worktree", "add", "-q", "--detach", str(work), commit)
+    for name in CARRIED:
+        if (root / name).exists():
+            shutil.copy2(root / name, work / name)
+    for rel in job.copy_outs:  # cache: false outputs of upstream stages not run in this launch
+        src, dst = root / rel, work / rel
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        elif src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    from dvc.config import Config
+
+    if (root / ".dvc" / "config.local").exists():  # the user's local remotes and credentials
+        shutil.copy2(root / ".dvc" / "config.local", work / ".dvc" / "config.local")
+    with Config(dvc_dir=str(work / ".dvc"), validate=False).edit("local") as conf:
+        conf.setdefault("core", {})["analytics"] = "false"
+        if remote:  # no shared file system: a cache of the job's own, data through the remote
+            conf.get("cache", {}).pop("dir", None)
+            conf["core"]["remote"] = remote
+        else:
+            conf.setdefault("cache", {})["dir"] = cache
+            if shared_group:
+                conf["cache"]["shared"] = "group"
+    return work
+
+
+def remove_worktree(root: Path, work: Path) -> None:
+    """Remove a job's worktree (its outputs live on in the cache and the run-cache)."""
+    _git(root, "worktree", "remove", "--force", str(work), check=False)
+    shutil.rmtree(work, ignore_errors=True)
+    _git(root, "worktree", "prune", check=False)
+
+
+def job_env(root: Path, work: Path, threads: int, gpu: str | None) -> dict:
+    """A job's environment: the job's own source tree first on PYTHONPATH, torch threads, GPU."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(work / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("RGA_ROOT", None)
+    if threads:
+        for k in ("RGA_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[k] = str(threads)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+# --------------------------------------------------------------------------- executors
+
+class LocalExecutor:
+    """N worker processes on this machine; each job is a process group (killed as one)."""
+
+    def __init__(self, workers: int, gpus: int = 0):
+        self.workers = workers
+        self.gpus = gpus
+        self.free_slots = list(range(workers))
+
+    def gpu_for(self, slot: int) -> str | None:
+        return str(slot % self.gpus) if self.gpus else None
+
+    def submit(self, job: Job, cmd: list[str], cwd: Path, env: dict, log: Path):
+        with open(log, "ab") as out:
+            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    @staticmethod
+    def poll(handle) -> int | None:
+        return handle.poll()
+
+    @staticmethod
+    def cancel(handle) -> None:
+        try:
+            os.killpg(handle.pid, signal.SIGTERM)
+            handle.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(handle.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class SubmititExecutor:
+    """One submitit job per stage: SLURM (``cluster="slurm"``) or submitit's local executor.
+
+    Stages whose kind is in ``slurm.gpu_stages`` ask for ``gpus_per_job`` GPUs, the others for none.
+    """
+
+    def __init__(self, folder: Path, cluster: str, workers: int, slurm: dict):
+        import submitit
+
+        self.submitit = submitit
+        self.folder = folder
+        self.cluster = cluster
+        self.workers = workers
+        self.slurm = slurm
+
+    def _executor(self, job: Job):
+        ex = self.submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
+        s = self.slurm
+        gpu = job.kind in s.get("gpu_stages", MODEL_STAGES)
+        common = {"timeout_min": int(s["time_min"]), "name": f"rga-{job.name}"}
+        if self.cluster == "slurm":
+            extra = {"slurm_partition": s["partition"] or None, "slurm_mem": f"{int(s['mem_gb'])}G",
+                     "slurm_cpus_per_task": int(s["cpus_per_job"]),
+                     "slurm_gpus_per_node": int(s["gpus_per_job"]) if gpu else 0,
+                     "slurm_account": s.get("account") or None,
+                     "slurm_additional_parameters": dict(s.get("extra") or {})}
+            common.update({k: v for k, v in extra.items() if v is not None})
+        else:
+            common.update({"gpus_per_node": int(s["gpus_per_job"]) if gpu and _gpu_count() else 0})
+        ex.update_parameters(**common)
+        return ex
+
+    def submit(self, job: Job, cmd: list[str], cwd: Path, env: dict, log: Path):
+        shell = f"{shlex.join(cmd)} >> {shlex.quote(str(log))} 2>&1"  # the same log file as local jobs
+        fn = self.submitit.helpers.CommandFunction(["bash", "-c", shell], cwd=str(cwd), env=env, verbose=False)
+        return self._executor(job).submit(fn)
+
+    @staticmethod
+    def poll(handle) -> int | None:
+        if not handle.done():
+            return None
+        try:
+            handle.result()
+            return 0
+        except Exception:  # noqa: BLE001 - submitit wraps the command's failure; the log says why
+            return 1
+
+    @staticmethod
+    def cancel(handle) -> None:
+        try:
+            handle.cancel(check=False)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+# --------------------------------------------------------------------------- progress
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """A live line: stages done / running / failed / left, and an ETA from finished stages'
+    durations per stage kind, spread over the workers."""
+
+    def __init__(self, total: int, workers: int, stream=sys.stderr):
+        self.total = total
+        self.workers = workers
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.t0 = time.time()
+        self.last = ""
+
+    def eta(self, jobs: dict[str, Job], done: set, pending: set, running: set) -> str:
+        by_kind: dict[str, list[float]] = {}
+        for name in done:
+            by_kind.setdefault(jobs[name].kind, []).append(jobs[name].seconds)
+        if not by_kind:
+            return "?"
+        overall = sum(sum(v) for v in by_kind.values()) / sum(len(v) for v in by_kind.values())
+        now = time.time()
+        left = 0.0
+        for name in set(pending) | set(running):
+            est = by_kind.get(jobs[name].kind)
+            mean = sum(est) / len(est) if est else overall
+            left += max(mean - (now - jobs[name].started), 0.0) if name in running else mean
+        return _fmt_seconds(left / max(self.workers, 1))
+
+    def update(self, jobs, done, running, failed, skipped, pending, final: bool = False) -> None:
+        line = (f"[rga-launch] {len(done)}/{self.total} done · {len(running)} running · {len(failed)} failed"
+                f"{f' ({len(skipped)} skipped)' if skipped else ''} · {len(pending)} left · "
+                f"elapsed {_fmt_seconds(time.time() - self.t0)} · ETA {self.eta(jobs, done, pending, running)}")
+        if line == self.last and not final:
+            return
+        self.last = line
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else "\033[K"))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+@dataclass
+class LaunchResult:
+    """What a launch did: stage addresses that finished, failed, or were skipped because a stage
+    they depend on failed; the logs of the failed ones; whether the workspace step ran."""
+
+    done: list[str]
+    failed: dict[str, Path]
+    skipped: list[str]
+    finished_workspace: bool = False
+    workspace_ran: list[str] = field(default_factory=list)
+
+
+def load_settings(root: Path, overrides: dict) -> dict:
+    """The ``launch:`` section of params.yaml over :data:`DEFAULTS`, then the CLI ``overrides``.
+
+    Raises:
+        LaunchError: an unknown key or executor, or a non-positive worker count.
+    """
+    params = yaml.safe_load((root / "params.yaml").read_text()) or {} if (root / "params.yaml").exists() else {}
+    section = params.get("launch") or {}
+    unknown = set(section) - set(DEFAULTS)
+    if unknown:
+        raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.' + k for k in unknown)}; "
+                          f"valid keys: {', '.join('launch.' + k for k in DEFAULTS)}")
+    bad_slurm = set(section.get("slurm") or {}) - set(DEFAULTS["slurm"])
+    if bad_slurm:
+        raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.slurm.' + k for k in bad_slurm)}; "
+                          f"valid keys: {', '.join('launch.slurm.' + k for k in DEFAULTS['slurm'])}")
+    out = {**DEFAULTS, **section, "slurm": {**DEFAULTS["slurm"], **(section.get("slurm") or {})}}
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    if out["executor"] not in EXECUTORS:
+        raise LaunchError(f"unknown executor {out['executor']!r} (launch.executor / --executor); "
+                          f"valid choices: {', '.join(EXECUTORS)}")
+    if not isinstance(out["workers"], int) or out["workers"] < 1:
+        raise LaunchError(f"launch.workers / --workers must be a positive integer, got {out['workers']!r}")
+    if not isinstance(out["threads"], int) or out["threads"] < 0:
+        raise LaunchError(f"launch.threads / --threads must be an integer >= 0 (0 = cores / workers), "
+                          f"got {out['threads']!r}")
+    return out
+
+
+def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = None,
+           progress_stream=sys.stderr) -> LaunchResult:
+    """Run the stale stages of the workspace at ``root`` as parallel jobs, then (``finish``) let
+    ``dvc repro`` in the workspace restore every output from the run-cache.
+
+    Args:
+        root: the workspace (a git + DVC repository with at least one commit).
+        targets: stage names or addresses to run with their upstream (default: the whole DAG).
+        overrides: settings over params.yaml's ``launch:`` (executor, workers, threads, remote,
+            finish).
+
+    Returns:
+        :class:`LaunchResult`. A failed stage does not stop stages that do not depend on it.
+
+    Raises:
+        LaunchError: another launcher runs here, uncommitted edits, bad settings, or the final
+            workspace ``dvc repro`` failed.
+        KeyboardInterrupt: after stopping every running job and removing the worktrees (the
+            workspace itself is not written by jobs, so nothing half-written is left in it).
+    """
+    root = Path(root).resolve()
+    cfg = load_settings(root, overrides or {})
+    with WorkspaceLock(root):
+        commit = check_workspace(root, output_paths(root))
+        jobs = plan(root, targets)
+        workers = cfg["workers"]
+        threads = cfg["threads"] or max((os.cpu_count() or 1) // workers, 1)
+        remote = cfg["remote"]
+        logs = root / LAUNCH_DIR / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if cfg["executor"] == "local":
+            executor = LocalExecutor(workers, _gpu_count())
+        else:
+            executor = SubmititExecutor(root / LAUNCH_DIR / "submitit",
+                                        "slurm" if cfg["executor"] == "slurm" else "local", workers, cfg["slurm"])
+        cache = cache_dir(root)
+        shared_group = dvc_config(root, "cache.shared") == "group"
+        if remote:
+            check_remote(root, remote)
+            _dvc(root, ["push", "-r", remote], "push the workspace's data to the remote")
+        result = _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs,
+                           Progress(len(jobs), workers, progress_stream))
+        if cfg["finish"] and (result.done or not jobs):
+            # with failures, the stages that did finish are still brought into the workspace
+            result.workspace_ran = finish(root, list(targets) if not result.failed else result.done, remote)
+            result.finished_workspace = True
+        return result
+
+
+def _dvc(root: Path, args: list[str], what: str) -> str:
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LaunchError(f"could not {what}: dvc {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout + proc.stderr
+
+
+def check_remote(root: Path, remote: str) -> None:
+    """A remote for clusters without a shared file system must exist and be the default one:
+    ``dvc repro --pull`` (in the jobs and the final workspace step) reads the default remote.
+
+    Raises:
+        LaunchError: unknown remote (lists the configured ones) or not the default.
+    """
+    listed = subprocess.run(["dvc", "remote", "list"], cwd=root, capture_output=True, text=True).stdout.split()
+    names = listed[0::2]
+    if remote not in names:
+        raise LaunchError(f"unknown DVC remote {remote!r} (--remote / launch.remote); configured remotes: "
+                          f"{', '.join(names) or 'none'} (add one: dvc remote add -d NAME URL)")
+    default = dvc_config(root, "core.remote")
+    if default != remote:
+        raise LaunchError(f"DVC remote {remote!r} must be the default remote (it is {default or 'unset'}): "
+                          f"dvc repro --pull reads the default; run `dvc remote default {remote}`")
+
+
+def finish(root: Path, targets: Sequence[str] = (), remote: str = "") -> list[str]:
+    """``dvc repro`` in the workspace after the jobs: every stage is restored from the run-cache.
+
+    Returns:
+        the stages that DVC still ran there (empty when every job's result was restored).
+
+    Raises:
+        LaunchError: the ``dvc repro`` (or, with a remote, ``dvc pull --run-cache``) failed.
+    """
+    out = _dvc(root, ["repro", *(["--pull"] if remote else []), *targets], "restore the results in the workspace")
+    return [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("Running stage '")]
+
+
+def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs, progress):
+    pending = set(jobs)
+    running: dict[str, Job] = {}
+    done: set[str] = set()
+    failed: dict[str, Path] = {}
+    skipped: set[str] = set()
+    workspace_busy = [None]  # the persist stage running in the workspace, if any
+    slots = list(range(workers))
+
+    def start(job: Job) -> None:
+        job.log = logs / f"{job.name}.log"
+        job.log.write_text("")
+        job.started = time.time()
+        if not job.cacheable:  # runs in the workspace itself (its persist outputs stay there)
+            env = job_env(root, root, threads, None)
+            with open(job.log, "ab") as out:
+                job.handle = subprocess.Popen(["dvc", "repro", *(["--pull"] if remote else []), job.name], cwd=root, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+            workspace_busy[0] = job.name
+            job.slot = None
+            return
+        job.workdir = prepare_worktree(root, commit, job, cache, remote, shared_group)
+        slot = slots.pop(0)
+        job.slot = slot
+        gpu = executor.gpu_for(slot) if isinstance(executor, LocalExecutor) else None
+        env = job_env(root, job.workdir, threads, gpu)
+        job.handle = executor.submit(job, job_command(job, remote), job.workdir, env, job.log)
+
+    def poll(job: Job) -> int | None:
+        if not job.cacheable:
+            return job.handle.poll()
+        return executor.poll(job.handle)
+
+    try:
+        while pending or running:
+            for name in sorted(pending):
+                job = jobs[name]
+                if job.upstream & (set(failed) | skipped):
+                    pending.discard(name)
+                    skipped.add(name)
+                    continue
+                if not job.upstream <= done:
+                    continue
+                if not job.cacheable:
+                    if workspace_busy[0] is not None:
+                        continue
+                elif not slots:
+                    continue
+                pending.discard(name)
+                running[name] = job
+                start(job)
+                progress.note(f"[rga-launch] started {name}")
+            progress.update(jobs, done, running, failed, skipped, pending)
+            time.sleep(0.5)
+            for name, job in list(running.items()):
+                rc = poll(job)
+                if rc is None:
+                    continue
+                del running[name]
+                job.seconds = time.time() - job.started
+                if job.cacheable:
+                    slots.append(job.slot)
+                    slots.sort()
+                else:
+                    workspace_busy[0] = None
+                if rc == 0 and not job.cacheable and remote:  # its outputs reach later jobs via the remote
+                    rc = subprocess.call(["dvc", "push", "-r", remote, name], cwd=root, stdout=subprocess.DEVNULL)
+                if rc == 0:
+                    done.add(name)
+                    if job.workdir:
+                        remove_worktree(root, job.workdir)
+                    progress.note(f"[rga-launch] done {name} in {_fmt_seconds(job.seconds)}")
+                else:
+                    failed[name] = job.log
+                    if job.workdir:
+                        remove_worktree(root, job.workdir)
+                    progress.note(f"[rga-launch] FAILED {name} (exit {rc}); log: {job.log}")
+            progress.update(jobs, done, running, failed, skipped, pending)
+    except KeyboardInterrupt:
+        progress.note(f"[rga-launch] interrupted: stopping {len(running)} running job(s)")
+        for job in running.values():
+            if job.cacheable:
+                executor.cancel(job.handle)
+            else:
+                LocalExecutor.cancel(job.handle)
+            if job.workdir:
+                remove_worktree(root, job.workdir)
+        progress.note(f"[rga-launch] {len(done)} stage(s) finished and are in the run-cache; run rga-launch "
+                      "again to go on (the workspace was not written by the jobs)")
+        raise
+    progress.update(jobs, done, running, failed, skipped, pending, final=True)
+    return LaunchResult(sorted(done), failed, sorted(skipped))
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="rga-launch",
+        description="Run the DVC pipeline's stale stages in parallel (local workers, SLURM through submitit) "
+                    "over one DVC cache; then `dvc repro` restores everything from the run-cache.")
+    p.add_argument("targets", nargs="*", help="stage names or addresses (default: the whole pipeline)")
+    p.add_argument("--executor", choices=EXECUTORS, help="default: launch.executor in params.yaml (local)")
+    p.add_argument("--workers", "-j", type=int, help="jobs at a time (default: launch.workers, 2)")
+    p.add_argument("--threads", type=int, help="torch threads per job (default: cores / workers)")
+    p.add_argument("--remote", help="DVC remote for clusters without a shared file system")
+    p.add_argument("--no-finish", dest="finish", action="store_false", default=None,
+                   help="do not run `dvc repro` in the workspace afterwards")
+    p.add_argument("--dry", action="store_true", help="list the stale stages and exit")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    p.add_argument("--restore", action="append", default=[], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.job:
+        return run_job(a.job, a.restore, a.remote or "")
+    from dvc.exceptions import DvcException
+
+    root = Path.cwd()
+    try:
+        if a.dry:
+            jobs = plan(root, a.targets)
+            for name in sorted(jobs, key=lambda n: (len(jobs[n].upstream), n)):
+                print(name)
+            print(f"{len(jobs)} stale stage(s)", file=sys.stderr)
+            return 0
+        overrides = {"executor": a.executor, "workers": a.workers, "threads": a.threads, "remote": a.remote,
+                     "finish": a.finish}
+        res = launch(root, a.targets, overrides)
+    except LaunchError as err:
+        print(f"rga-launch: {err}", file=sys.stderr)
+        return 2
+    except DvcException as err:
+        print(f"rga-launch: DVC cannot read this pipeline: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    for name, log in res.failed.items():
+        print(f"rga-launch: stage {name} failed; log: {log}", file=sys.stderr)
+    if res.skipped:
+        print(f"rga-launch: {len(res.skipped)} stage(s) not run because a stage they depend on failed: "
+              + ", ".join(res.skipped), file=sys.stderr)
+    if res.finished_workspace:
+        extra = f" (DVC still ran {', '.join(res.workspace_ran)} there)" if res.workspace_ran else ""
+        print(f"rga-launch: {len(res.done)} stage(s) done and restored in the workspace{extra}", file=sys.stderr)
+    if res.failed:
+        print("rga-launch: fix the cause and run rga-launch again; finished stages are restored from the "
+              "run-cache, only the failed ones and what depends on them run again", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
