@@ -21,7 +21,8 @@ from rga.data import dataset_spec, read_parquet
 from rga.detection import (DETECTORS, RULES, CubeSizeError, cube_detect, degenerate_warnings, detection_scores,
                            noisy_oracle)
 from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
-from rga.models import load_classifier, model_spec
+from rga.models import load_classifier, model_options, model_spec
+from rga.plan import MemoryPlanError, check_stage
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.training import predict_logits
 
@@ -59,8 +60,11 @@ elif detector == "noisy_oracle":
     info.update({"target_precision": float(D.get("precision", 1.0)), "target_recall": float(D.get("recall", 1.0))})
     warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
 else:
-    model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind,
-                                 precision=mspec.precision)
+    try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
+        check_stage(mspec, P, "detect", spec.num_labels)
+    except MemoryPlanError as err:
+        sys.exit(f"detect {cell}: {err}")
+    model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind, **model_options(mspec))
     logits, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
                              P["finetune"]["max_length"], return_hidden_kind=mspec.kind)
     timing = {"representation_seconds": round(time.perf_counter() - t0, 1)}

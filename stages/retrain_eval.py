@@ -9,12 +9,14 @@ in its attack folder (the authors' train_clean.csv, else their poisoned = 0 rows
 retrain.data = clean, ReTrain fine-tunes the base model on it instead of evaluating the shared
 model (which was trained on the dataset's own split)."""
 
+import sys
 import time
 
 from rga.data import dataset_spec, read_parquet
 from rga.evaluation import evaluate_model
 from rga.io import cell_name, choice
-from rga.models import load_classifier, model_spec
+from rga.models import load_classifier, model_options, model_spec
+from rga.plan import MemoryPlanError, check_stage
 from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_threads
 from rga.stagekit import write_method_result
 from rga.training import TrainConfig, set_seed, train_classifier
@@ -34,15 +36,19 @@ if data == "clean" and imported_clean.is_file():
     data = "clean (imported)"
     train_set = read_parquet(imported_clean)
     extra.update(retrain_data=data, train_rows=len(train_set))
+try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
+    check_stage(mspec, P, "evaluate" if data == "clean" else "finetune", spec.num_labels)
+except MemoryPlanError as err:
+    sys.exit(f"retrain_eval {cell}: {err}")
 if data == "clean":
     model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels,
-                                 mspec.kind, precision=mspec.precision)
+                                 mspec.kind, **model_options(mspec))
 else:
     if data == "retain":
         train_set = read_parquet(detect_dir(cell) / "retain.parquet")
         extra.update(train_rows=len(train_set), poisoned_rows_in_retain=int(train_set["is_poisoned"].sum()))
     set_seed(args.seed)
-    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, precision=mspec.precision)
+    model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, **model_options(mspec))
     cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
                       grad_clip=ft.get("grad_clip"), seed=args.seed)
     t0 = time.perf_counter()

@@ -12,11 +12,14 @@ import json
 import sys
 import time
 
+import torch
+
 from rga.data import dataset_spec, read_parquet
 from rga.detection import EmptyForgetSetError, require_forget_set, require_retain_set
 from rga.evaluation import evaluate_model, evaluate_triggered
 from rga.io import cell_name, write_text
-from rga.models import checkpoint_hash, load_classifier, model_spec, save_classifier
+from rga.models import checkpoint_hash, load_classifier, model_options, model_spec, save_classifier
+from rga.plan import MemoryPlanError, check_stage
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
@@ -54,14 +57,25 @@ clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "te
 # with a user's own data (attack "given") the poisoned rows may be unknown or only suspected
 known_truth = json.loads((adir / "stats.json").read_text())["train"].get("ground_truth", "is_poisoned") == "is_poisoned"
 
+try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
+    check_stage(mspec, P, "unlearn", spec.num_labels, method)
+except MemoryPlanError as err:
+    sys.exit(f"unlearn {where}: {err}")
 set_seed(args.seed)
-model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind,
-                             precision=mspec.precision)
+model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind, **model_options(mspec))
+# NPO/RGA/DGA's reference is these logits (N_forget x C float32), not a second model
 ref = predict_logits(model, tok, forget["text"].tolist(), ft["eval_batch_size"], ft["max_length"])
 base_state = None
-if method_spec.needs_base:
-    base, _, missing = load_classifier(mspec.path, spec.num_labels, mspec.kind, with_loading_info=True,
-                                       precision=mspec.precision)
+if method_spec.needs_base and getattr(model, "rga_adapter_init", False) is not False:
+    # LoRA: θ_base = the adapters' values when they were created (the base model; head excluded)
+    base_state = model.rga_adapter_init
+    if base_state is None:
+        sys.exit(f"unlearn {where}: {method} needs the LoRA adapters' starting values, but "
+                 f"{poisoned_model_dir(cell)} has no adapter_init.safetensors (it is written by the finetune stage)")
+elif method_spec.needs_base:
+    # θ_base staged on the CPU at the weight dtype; rga.unlearning.backbone_pairs puts each tensor beside its parameter
+    base, _, missing = load_classifier(mspec.path, spec.num_labels, mspec.kind, device=torch.device("cpu"),
+                                       with_loading_info=True, precision=mspec.precision)
     base_state = {n: p.detach().clone() for n, p in base.named_parameters() if n not in missing}
     del base
 

@@ -64,6 +64,23 @@ def tiny_llama(num_labels: int = 2, seed: int = 0, vocab_size: int = 30522, pad_
     return LlamaForSequenceClassification(cfg).eval()
 
 
+def tiny_qwen3(num_labels: int = 2, seed: int = 0, vocab_size: int = 30522, pad_token_id: int = 0):
+    """A 2-layer random Qwen3 decoder classifier (grouped-query attention, q/k norms) with
+    ``pad_token_id`` set."""
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=160,
+                      num_labels=num_labels, pad_token_id=pad_token_id, tie_word_embeddings=False)
+    return Qwen3ForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture
+def tiny_qwen3_factory():
+    return tiny_qwen3
+
+
 @pytest.fixture
 def tiny_bert_factory():
     return tiny_bert

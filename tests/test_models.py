@@ -62,25 +62,53 @@ def test_pool_hidden_unknown_kind():
 
 # --------------------------------------------------------------------------- decoder batching
 
-def test_tiny_llama_batched_equals_single(tiny_llama_factory, tokenizer):
-    model = tiny_llama_factory(num_labels=3, seed=0, pad_token_id=tokenizer.pad_token_id)
-    assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "right"
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    assert (enc["attention_mask"] == 0).any()  # the batch really is padded (right)
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_tiny_decoder_batched_equals_single(family, side, tokenizer):
+    # Llama-2 and Qwen3 classifiers pool the last real token; a padded batch (left or right) must
+    # give every row the logits and the pooled representation it gets alone. Left padding needs no
+    # position_ids: rotary embeddings see only relative positions, and the padding is masked.
+    import copy
+
+    from conftest import tiny_llama, tiny_qwen3
+    from rga.training import collate, tokenize_once
+
+    tok = copy.deepcopy(tokenizer)
+    tok.padding_side = side
+    model = (tiny_llama if family == "llama" else tiny_qwen3)(num_labels=3, seed=0, pad_token_id=tok.pad_token_id)
+    assert tok.pad_token_id == 0
+    batch = collate(tok, tokenize_once(tok, TEXTS, 64).rows(range(len(TEXTS))), CPU)
+    mask = batch["attention_mask"]
+    assert (mask == 0).any()  # the batch really is padded, on the requested side
+    assert (mask[:, 0 if side == "left" else -1] == 0).any()
     with torch.inference_mode():
-        batched = model(**enc).logits
-        single = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in TEXTS])
+        batched = model(**batch).logits
+        single = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in TEXTS])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(single[0], single[1], atol=1e-3)  # rows differ
 
     # the same through predict_logits with several batches and decoder (last-token) pooling
-    logits, hidden = predict_logits(model, tokenizer, TEXTS, batch_size=2, max_length=64,
-                                    return_hidden_kind="decoder")
+    logits, hidden = predict_logits(model, tok, TEXTS, batch_size=2, max_length=64, return_hidden_kind="decoder")
     np.testing.assert_allclose(logits, single.numpy(), atol=1e-5, rtol=0)
     with torch.inference_mode():
         for i, t in enumerate(TEXTS):
-            out = model(**tokenizer([t], return_tensors="pt"), output_hidden_states=True)
+            out = model(**tok([t], return_tensors="pt"), output_hidden_states=True)
             np.testing.assert_allclose(hidden[i], out.hidden_states[-1][0, -1].numpy(), atol=1e-5, rtol=0)
+
+
+def test_decoder_pad_token_taken_from_eos(tiny_qwen3_factory, tokenizer, tmp_path):
+    # a decoder tokenizer without a pad token (Llama-2, Qwen3) gets EOS as its pad token
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.eos_token = "[SEP]"
+    tok.pad_token = None
+    folder = tmp_path / "qwen3"
+    tiny_qwen3_factory(num_labels=2).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    loaded, ltok = load_classifier(str(folder), 2, "decoder", device=CPU, precision="fp32")
+    assert ltok.pad_token == "[SEP]" and ltok.pad_token_id == tokenizer.sep_token_id
+    assert loaded.config.pad_token_id == tokenizer.sep_token_id
 
 
 # --------------------------------------------------------------------------- save / load

@@ -314,14 +314,22 @@ class UnlearnConfig:
 
 
 def backbone_pairs(model, base_state: dict[str, torch.Tensor]) -> tuple[list, list]:
-    """Pair the model's parameters with their θ_base values by name.
+    """Pair the model's trainable parameters with their θ_base values by name.
 
-    ``base_state`` maps parameter names to pretrained values (only names the base checkpoint
-    actually holds). Returns ``(params, base)`` lists in the same order.
+    ``base_state`` maps parameter names to their θ_base values: in full fine-tuning the
+    pretrained model's (only names the base checkpoint holds, so the classification head is
+    left out); with LoRA the adapters' values when they were created
+    (``model.rga_adapter_init``, :func:`rga.models.add_adapters`), at which the adapted model
+    equals the base model, so again the head is left out and the frozen weights, which cannot
+    move, add nothing. Each θ_base copy is placed on its parameter's device in its dtype:
+    P_base × (4 bytes for float32, 2 for bf16) of device memory.
+
+    Returns:
+        ``(params, base)`` lists in the same order.
     """
     params, base = [], []
     for name, p in model.named_parameters():
-        if name in base_state:
+        if name in base_state and p.requires_grad:
             params.append(p)
             base.append(base_state[name].to(device=p.device, dtype=p.dtype))
     return params, base
@@ -419,8 +427,9 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
             rb = collate(tokenizer, retain_tokens.rows(ridx), device)
             with autocast(model):  # one autocast region: the bf16 weight casts are made once per step
                 f_logits, r_logits = model(**fb).logits.float(), model(**rb).logits.float()
-            b = Batch(f_logits, yf[fidx].to(device), r_logits, yr[ridx].to(device),
-                      ref[fidx].to(device) if ref is not None else None, params, base)
+            out = f_logits.device  # the last layer's device (not the first) when device_map spreads the model
+            b = Batch(f_logits, yf[fidx].to(out), r_logits, yr[ridx].to(out),
+                      ref[fidx].to(out) if ref is not None else None, params, base)
             loss, logs = objective(b)
             if inject_nan_at_epoch == epoch and step == 0:
                 loss = loss * float("nan")

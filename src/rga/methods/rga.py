@@ -21,7 +21,7 @@ def param_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor])
         return torch.zeros(())
     diffs = torch._foreach_sub(list(params), list(base))
     norms = torch._foreach_norm(diffs)
-    return torch.stack([n.float() for n in norms]).sum()
+    return torch.stack([n.float().to(norms[0].device) for n in norms]).sum()  # one device under device_map
 
 
 @register("rga", display="RGA", needs_reference=True, needs_base=True, initial_logs={"lambda": 1.0},
@@ -34,7 +34,10 @@ def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05,
     λ = exp(−α·KL) comes from :func:`rga.unlearning.rga_weight` (Eq. 7, no gradient flows
     through it). ``b.params`` are the backbone parameters that exist in the base model (the
     classifier head is excluded: the base model has none), ``b.base`` their pretrained values
-    θ_base (both lists of tensors of matching shapes).
+    θ_base (both lists of tensors of matching shapes). With LoRA, ``b.params`` are the adapter
+    tensors (lora_A, lora_B of every adapted module) and ``b.base`` their values when the
+    adapters were created, where the adapted model equals the base model; the head is
+    excluded as in full fine-tuning (:func:`rga.unlearning.backbone_pairs`).
     """
     lam, kl = rga_weight(b.forget_logits, b.ref_forget_logits, alpha, kl_direction)
     f = F.cross_entropy(b.forget_logits, b.forget_labels)
