@@ -29,6 +29,7 @@ executor, how the SLURM path is tested on one machine).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import shlex
@@ -77,6 +78,7 @@ class Job:
         copy_outs: ``cache: false`` outputs of upstream stages that are not stale, copied from
             the workspace into its worktree (DVC keeps them in git, not the cache).
         cacheable: DVC can restore it from the run-cache (no ``persist`` outputs, has deps and outs).
+        priority: how many stale stages depend on it (the scheduler starts those first).
     """
 
     name: str
@@ -91,6 +93,7 @@ class Job:
     copy_outs: list[str] = field(default_factory=list)
     handle: object = None
     slot: int | None = None
+    priority: int = 0
 
 
 # --------------------------------------------------------------------------- the DAG
@@ -121,7 +124,7 @@ def plan(root: Path, targets: Sequence[str] = ()) -> dict[str, Job]:
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:  # stage addresses are relative to the cwd
         graph = repo.index.graph
         stages = {s.addressing: s for s in graph if isinstance(s, PipelineStage)}
         if targets:
@@ -151,6 +154,8 @@ def plan(root: Path, targets: Sequence[str] = ()) -> dict[str, Job]:
             copy_outs = sorted(str(o.def_path) for u in all_ups if u.addressing not in stale
                                for o in u.outs if not o.use_cache)
             jobs[a] = Job(a, a.split("@")[0], ups, _run_cacheable(s), restore=restore, copy_outs=copy_outs)
+        for job in jobs.values():
+            job.priority = sum(job.name in other.upstream for other in jobs.values())
     return jobs
 
 
@@ -195,7 +200,7 @@ def output_paths(root: Path) -> set[str]:
     """Every pipeline output path (relative to ``root``), from DVC's index."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         return {str(o.def_path) for s in repo.index.stages for o in s.outs}
 
 
@@ -304,7 +309,7 @@ def save_run_cache(root: Path, stage: str, remote: str = "") -> None:
     """
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         found = [s for s in repo.index.stages if s.addressing == stage]
         if not found:
             raise LaunchError(f"stage {stage!r} is not in {root}/dvc.yaml")
@@ -325,11 +330,12 @@ def push_run_cache_objects(repo, stage, remote: str) -> None:
         repo.cloud.push(objs, remote=remote)
 
 
-def prepare_worktree(root: Path, commit: str, job: Job, cache: str, remote: str, shared_group: bool) -> Path:
-    """A fresh git worktree of ``commit`` for ``job`` under ``.dvc/tmp/launch/jobs/``, holding the
+def prepare_worktree(root: Path, commit: str, work: Path, cache: str, remote: str, shared_group: bool) -> Path:
+    """A fresh git worktree of ``commit`` at ``work`` (under ``.dvc/tmp/launch/``), holding the
     workspace's params.yaml and dvc.lock and configured to use the shared cache (or, with a
     remote, a cache of its own)."""
-    work = root / LAUNCH_DIR / "jobs" / job.name.replace("@", "_at_")
+    from dvc.config import Config
+
     if work.exists():
         remove_worktree(root, work)
     work.parent.mkdir(parents=True, exist_ok=True)
@@ -337,16 +343,6 @@ def prepare_worktree(root: Path, commit: str, job: Job, cache: str, remote: str,
     for name in CARRIED:
         if (root / name).exists():
             shutil.copy2(root / name, work / name)
-    for rel in job.copy_outs:  # cache: false outputs of upstream stages not run in this launch
-        src, dst = root / rel, work / rel
-        if src.is_dir():
-            shutil.rmtree(dst, ignore_errors=True)
-            shutil.copytree(src, dst)
-        elif src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    from dvc.config import Config
-
     if (root / ".dvc" / "config.local").exists():  # the user's local remotes and credentials
         shutil.copy2(root / ".dvc" / "config.local", work / ".dvc" / "config.local")
     with Config(dvc_dir=str(work / ".dvc"), validate=False).edit("local") as conf:
@@ -359,6 +355,38 @@ def prepare_worktree(root: Path, commit: str, job: Job, cache: str, remote: str,
             if shared_group:
                 conf["cache"]["shared"] = "group"
     return work
+
+
+def refresh_lock(root: Path, work: Path, stages: Sequence[str]) -> None:
+    """Bring the workspace's dvc.lock entries of ``stages`` into a reused worktree's dvc.lock
+    (a stage run in the workspace since the worktree was made, e.g. the paraphrase cache)."""
+    src = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else None
+    if not src or not stages:
+        return
+    path = work / "dvc.lock"
+    dst = yaml.safe_load(path.read_text()) if path.exists() else None
+    dst = dst or {"schema": src.get("schema", "2.0"), "stages": {}}
+    changed = False
+    for name in stages:
+        entry = src.get("stages", {}).get(name)
+        if entry is not None and dst["stages"].get(name) != entry:
+            dst["stages"][name] = entry
+            changed = True
+    if changed:
+        path.write_text(yaml.safe_dump(dst, sort_keys=False))
+
+
+def copy_outputs(root: Path, work: Path, paths: Sequence[str]) -> None:
+    """Copy ``cache: false`` outputs of upstream stages not run in this launch from the
+    workspace into a job's worktree (DVC keeps them in git, not in the cache)."""
+    for rel in paths:
+        src, dst = root / rel, work / rel
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        elif src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
 
 
 def remove_worktree(root: Path, work: Path) -> None:
@@ -661,7 +689,23 @@ def finish(root: Path, targets: Sequence[str] = (), remote: str = "") -> list[st
     return [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("Running stage '")]
 
 
+def _pick(ready: list[Job], have: set[str]) -> Job:
+    """The next job for a worker whose worktree already holds the stages in ``have``: the one
+    sharing most of its upstream stages with them (nothing to restore), then the one most other
+    stale stages wait for, then by name."""
+    return max(ready, key=lambda j: (len((j.upstream | set(j.restore)) & have), j.priority, [-ord(c) for c in j.name]))
+
+
 def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs, progress):
+    """Run ``jobs`` in dependency order, at most ``workers`` at a time (stages DVC cannot
+    run-cache: one at a time in the workspace).
+
+    Local workers keep one worktree each for the whole launch (``.dvc/tmp/launch/workers/<i>``):
+    a job runs in a worktree no other running job uses, and a worker's next job finds the
+    upstream outputs its previous jobs restored (the scheduler prefers such a job), so DVC
+    restores nothing twice. Submitted (submitit) jobs get a fresh worktree each
+    (``.dvc/tmp/launch/jobs/<stage>``), since a SLURM job may land on any node.
+    """
     pending = set(jobs)
     running: dict[str, Job] = {}
     done: set[str] = set()
@@ -669,50 +713,69 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
     skipped: set[str] = set()
     workspace_busy = [None]  # the persist stage running in the workspace, if any
     slots = list(range(workers))
+    per_worker = isinstance(executor, LocalExecutor)
+    worker_dirs: dict[int, Path] = {}
+    worker_have: dict[int, set[str]] = {i: set() for i in range(workers)}
 
-    def start(job: Job) -> None:
+    def start(job: Job, slot: int | None) -> None:
         job.log = logs / f"{job.name}.log"
         job.log.write_text("")
         job.started = time.time()
-        if not job.cacheable:  # runs in the workspace itself (its persist outputs stay there)
+        job.slot = slot
+        if slot is None:  # runs in the workspace itself (its persist outputs stay there)
             env = job_env(root, root, threads, None)
             with open(job.log, "ab") as out:
-                job.handle = subprocess.Popen(["dvc", "repro", *(["--pull"] if remote else []), job.name], cwd=root, env=env, stdout=out,
-                                              stderr=subprocess.STDOUT, start_new_session=True)
+                job.handle = subprocess.Popen(["dvc", "repro", *(["--pull"] if remote else []), job.name], cwd=root,
+                                              env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             workspace_busy[0] = job.name
-            job.slot = None
             return
-        job.workdir = prepare_worktree(root, commit, job, cache, remote, shared_group)
-        slot = slots.pop(0)
-        job.slot = slot
-        gpu = executor.gpu_for(slot) if isinstance(executor, LocalExecutor) else None
+        if per_worker:
+            if slot not in worker_dirs:
+                worker_dirs[slot] = prepare_worktree(root, commit, root / LAUNCH_DIR / "workers" / str(slot),
+                                                     cache, remote, shared_group)
+            job.workdir = worker_dirs[slot]
+        else:
+            job.workdir = prepare_worktree(root, commit, root / LAUNCH_DIR / "jobs" / job.name.replace("@", "_at_"),
+                                           cache, remote, shared_group)
+        if per_worker:
+            refresh_lock(root, job.workdir, job.restore)
+        copy_outputs(root, job.workdir, job.copy_outs)
+        gpu = executor.gpu_for(slot) if per_worker else None
         env = job_env(root, job.workdir, threads, gpu)
         job.handle = executor.submit(job, job_command(job, remote), job.workdir, env, job.log)
 
     def poll(job: Job) -> int | None:
-        if not job.cacheable:
+        if job.slot is None:
             return job.handle.poll()
         return executor.poll(job.handle)
 
+    def cleanup() -> None:
+        for work in worker_dirs.values():
+            remove_worktree(root, work)
+        worker_dirs.clear()
+
     try:
         while pending or running:
-            for name in sorted(pending):
-                job = jobs[name]
-                if job.upstream & (set(failed) | skipped):
+            for name in sorted(pending):  # stages whose upstream failed will not run
+                if jobs[name].upstream & (set(failed) | skipped):
                     pending.discard(name)
                     skipped.add(name)
-                    continue
-                if not job.upstream <= done:
-                    continue
-                if not job.cacheable:
-                    if workspace_busy[0] is not None:
-                        continue
-                elif not slots:
-                    continue
-                pending.discard(name)
-                running[name] = job
-                start(job)
-                progress.note(f"[rga-launch] started {name}")
+            ready = [jobs[n] for n in pending if jobs[n].upstream <= done]
+            for job in sorted((j for j in ready if not j.cacheable), key=lambda j: j.name):
+                if workspace_busy[0] is None:
+                    pending.discard(job.name)
+                    running[job.name] = job
+                    start(job, None)
+                    progress.note(f"[rga-launch] started {job.name} (in the workspace)")
+            ready = [j for j in ready if j.cacheable]
+            while slots and ready:
+                slot = slots.pop(0)
+                job = _pick(ready, worker_have[slot])
+                ready.remove(job)
+                pending.discard(job.name)
+                running[job.name] = job
+                start(job, slot)
+                progress.note(f"[rga-launch] started {job.name}")
             progress.update(jobs, done, running, failed, skipped, pending)
             time.sleep(0.5)
             for name, job in list(running.items()):
@@ -721,36 +784,38 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
                     continue
                 del running[name]
                 job.seconds = time.time() - job.started
-                if job.cacheable:
+                if job.slot is None:
+                    workspace_busy[0] = None
+                    if rc == 0 and remote:  # its outputs reach later jobs through the remote
+                        rc = subprocess.call(["dvc", "push", "-r", remote, name], cwd=root, stdout=subprocess.DEVNULL)
+                else:
                     slots.append(job.slot)
                     slots.sort()
-                else:
-                    workspace_busy[0] = None
-                if rc == 0 and not job.cacheable and remote:  # its outputs reach later jobs via the remote
-                    rc = subprocess.call(["dvc", "push", "-r", remote, name], cwd=root, stdout=subprocess.DEVNULL)
+                    if rc == 0:
+                        worker_have[job.slot] |= {name} | job.upstream | set(job.restore)
+                    if not per_worker:
+                        remove_worktree(root, job.workdir)
                 if rc == 0:
                     done.add(name)
-                    if job.workdir:
-                        remove_worktree(root, job.workdir)
                     progress.note(f"[rga-launch] done {name} in {_fmt_seconds(job.seconds)}")
                 else:
                     failed[name] = job.log
-                    if job.workdir:
-                        remove_worktree(root, job.workdir)
                     progress.note(f"[rga-launch] FAILED {name} (exit {rc}); log: {job.log}")
             progress.update(jobs, done, running, failed, skipped, pending)
     except KeyboardInterrupt:
         progress.note(f"[rga-launch] interrupted: stopping {len(running)} running job(s)")
         for job in running.values():
-            if job.cacheable:
-                executor.cancel(job.handle)
-            else:
+            if job.slot is None:
                 LocalExecutor.cancel(job.handle)
-            if job.workdir:
-                remove_worktree(root, job.workdir)
+            else:
+                executor.cancel(job.handle)
+                if not per_worker:
+                    remove_worktree(root, job.workdir)
+        cleanup()
         progress.note(f"[rga-launch] {len(done)} stage(s) finished and are in the run-cache; run rga-launch "
                       "again to go on (the workspace was not written by the jobs)")
         raise
+    cleanup()
     progress.update(jobs, done, running, failed, skipped, pending, final=True)
     return LaunchResult(sorted(done), failed, sorted(skipped))
 

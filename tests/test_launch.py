@@ -1,0 +1,315 @@
+"""The scale-out launcher (`rga-launch`, src/rga/launch.py).
+
+Two kinds of repositories, both temporary git + DVC repositories:
+
+* a toy pipeline of plain Python one-liners (no model; seconds), for the workspace lock,
+  Ctrl-C, uncommitted edits, the stale-stage plan and the settings;
+* this project's pipeline on the tiny profile (attack BadNets, methods GA and NPO), for the
+  results: a launch matches a serial `dvc repro` byte for byte, a failing cell does not stop the
+  others and a second launch runs only what failed, the submitit path with a DVC remote instead
+  of a shared cache, and a `dvc exp run --queue` sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rga.launch import LaunchError, Progress, Job, WorkspaceLock, load_settings, plan
+from tinyrepo import GIT_ID, env_for, make_tiny_repo, run
+
+pytestmark = pytest.mark.e2e
+
+TOY_DVC = textwrap.dedent("""\
+    stages:
+      make:
+        foreach: [a, b]
+        do:
+          cmd: python step.py make ${item}
+          deps: [step.py]
+          params: [factor, wait]
+          outs:
+            - out/${item}.txt
+            - info/${item}.json:
+                cache: false
+      combine:
+        cmd: python step.py combine
+        deps: [step.py, out]
+        outs: [total.txt]
+    """)
+
+TOY_STEP = textwrap.dedent("""\
+    import json, os, sys, time, yaml
+    p = yaml.safe_load(open("params.yaml"))
+    if sys.argv[1] == "make":
+        name = sys.argv[2]
+        open(f"started-{name}.pid", "w").write(str(os.getpid())) if p["wait"] else None
+        time.sleep(p["wait"])
+        os.makedirs("out", exist_ok=True); os.makedirs("info", exist_ok=True)
+        open(f"out/{name}.txt", "w").write(str(p["factor"] * len(name)))
+        json.dump({"name": name, "factor": p["factor"]}, open(f"info/{name}.json", "w"))
+    else:
+        total = sum(int(open(f"out/{n}").read()) for n in sorted(os.listdir("out")) if n.endswith(".txt"))
+        open("total.txt", "w").write(str(total))
+    """)
+
+
+def _toy_env(tmp: Path) -> dict:
+    env = env_for(tmp)  # the mirror is unused here
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture()
+def toy(tmp_path) -> tuple[Path, dict]:
+    """A committed toy pipeline: make@a, make@b (factor, wait params) -> combine."""
+    root = tmp_path / "toy"
+    root.mkdir()
+    (root / "dvc.yaml").write_text(TOY_DVC)
+    (root / "step.py").write_text(TOY_STEP)
+    (root / "params.yaml").write_text("factor: 2\nwait: 0\n")
+    env = _toy_env(tmp_path)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", *GIT_ID, "commit", "-qm", "toy"], root, env)
+    return root, env
+
+
+def launch_cli(root: Path, env: dict, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "rga.launch", *args], root, env, check=check)
+
+
+def test_toy_launch_carries_params_and_restores_everything(toy):
+    root, env = toy
+    params = root / "params.yaml"
+    params.write_text("factor: 5\nwait: 0\n")  # uncommitted: goes into every job
+    proc = launch_cli(root, env, "--workers", "2", check=True)
+    assert (root / "total.txt").read_text() == "10"  # 5*1 + 5*1
+    assert json.loads((root / "info" / "a.json").read_text()) == {"name": "a", "factor": 5}
+    assert "3/3 done" in proc.stderr
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout
+    assert run(["git", "worktree", "list"], root, env).stdout.count("\n") == 1  # job worktrees removed
+    # nothing is stale now; a changed param makes both make cells and combine stale again
+    assert plan(root) == {}
+    params.write_text("factor: 7\nwait: 0\n")
+    jobs = plan(root)
+    assert sorted(jobs) == ["combine", "make@a", "make@b"]
+    assert jobs["combine"].upstream == {"make@a", "make@b"}
+    assert sorted(plan(root, ["make@a"])) == ["make@a"]
+    with pytest.raises(LaunchError, match=r"unknown target 'nope'; stages: combine, make"):
+        plan(root, ["nope"])
+
+
+def test_uncommitted_code_is_refused_and_a_second_launcher_too(toy):
+    root, env = toy
+    (root / "step.py").write_text(TOY_STEP + "\n# edited\n")
+    proc = launch_cli(root, env)
+    assert proc.returncode == 2
+    assert "uncommitted changes the jobs would not see: step.py" in proc.stderr
+    run(["git", "checkout", "step.py"], root, env)
+    with WorkspaceLock(root):
+        proc = launch_cli(root, env)
+    assert proc.returncode == 2
+    assert f"another rga-launch (pid {os.getpid()}) is running on this workspace" in proc.stderr
+
+
+def test_ctrl_c_stops_the_jobs_and_writes_nothing_into_the_workspace(toy):
+    root, env = toy
+    (root / "params.yaml").write_text("factor: 2\nwait: 120\n")
+    proc = subprocess.Popen([sys.executable, "-m", "rga.launch", "--workers", "2"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launch_dir = root / ".dvc" / "tmp" / "launch"
+    deadline = time.time() + 90
+    pids = []
+    while time.time() < deadline and len(pids) < 2:  # both make jobs are sleeping
+        pids = [int(p.read_text()) for p in launch_dir.glob("workers/*/started-*.pid") if p.read_text()]
+        time.sleep(0.5)
+    assert len(pids) == 2, "the two make jobs did not start"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: stopping 2 running job(s)" in err
+    for pid in pids:  # the stage processes are gone (or zombies waiting for a reaper)
+        assert _gone(pid), f"stage process {pid} still runs"
+    assert not (root / "out").exists() and not (root / "info").exists() and not (root / "total.txt").exists()
+    assert not any((launch_dir / "workers").iterdir())  # the worker worktrees are gone
+    assert run(["git", "worktree", "list"], root, env).stdout.count("\n") == 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_settings_are_checked(tmp_path):
+    (tmp_path / "params.yaml").write_text("launch:\n  workers: 3\n  wrokers: 2\n")
+    with pytest.raises(LaunchError, match=r"unknown key\(s\) \['launch.wrokers'\]; valid keys: launch.executor"):
+        load_settings(tmp_path, {})
+    (tmp_path / "params.yaml").write_text("launch:\n  workers: 3\n  slurm: {partition: gpu}\n")
+    cfg = load_settings(tmp_path, {"threads": 4})
+    assert (cfg["workers"], cfg["threads"], cfg["slurm"]["partition"], cfg["slurm"]["mem_gb"]) == (3, 4, "gpu", 64)
+    with pytest.raises(LaunchError, match=r"unknown executor 'pbs'.*valid choices: local, slurm, submitit-local"):
+        load_settings(tmp_path, {"executor": "pbs"})
+    with pytest.raises(LaunchError, match="positive integer, got 0"):
+        load_settings(tmp_path, {"workers": 0})
+
+
+def test_progress_line_counts_and_eta():
+    import io
+
+    jobs = {n: Job(n, n.split("@")[0]) for n in ("finetune@x", "finetune@y", "unlearn@x", "unlearn@y")}
+    jobs["finetune@x"].seconds = 100.0
+    jobs["unlearn@x"].seconds = 40.0
+    jobs["finetune@y"].started = time.time() - 30  # running for 30 s of an expected 100
+    out = io.StringIO()
+    prog = Progress(total=4, workers=2, stream=out)
+    prog.update(jobs, {"finetune@x", "unlearn@x"}, {"finetune@y"}, {}, set(), {"unlearn@y"})
+    line = out.getvalue().strip()
+    assert line.startswith("[rga-launch] 2/4 done · 1 running · 0 failed · 1 left")
+    assert line.endswith("ETA 0m55s")  # (70 s left of finetune@y + 40 s of unlearn@y) / 2 workers
+
+
+# --------------------------------------------------------------------------- the tiny rga pipeline
+
+GA, NPO = "unlearn@minilm-sst2-badnets-0-ga", "unlearn@minilm-sst2-badnets-0-npo"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mirror) -> tuple[Path, dict]:
+    """The tiny pipeline (BadNets; GA and NPO), committed, then reproduced serially with one
+    torch thread per stage, as the launches below run their jobs (``--threads 1``)."""
+    root = tmp_path_factory.mktemp("launch") / "serial"
+    env = make_tiny_repo(root, mirror)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["matrix"].update(attacks=["badnets"], methods=["ga", "npo"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "add", "-A"], root, env)
+    run(["git", *GIT_ID, "commit", "-qm", "tiny pipeline"], root, env)
+    # torch's CPU results depend on the thread count: the serial run uses the launches' 1 thread
+    env = dict(env, RGA_THREADS="1", OMP_NUM_THREADS="1")
+    run(["dvc", "repro"], root, env)
+    return root, env
+
+
+def clone_of(reference: Path, dest: Path, env: dict) -> Path:
+    run(["git", "clone", "-q", str(reference), str(dest)], dest.parent, env)
+    run(["dvc", "config", "--local", "core.analytics", "false"], dest, env)
+    return dest
+
+
+def result_files(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for sub in ("metrics", "report")
+            for f in sorted((root / sub).rglob("*")) if f.is_file()}
+
+
+def lock_without_timings(root: Path) -> dict:
+    """dvc.lock minus the hashes of history.csv files and the folders holding them (their
+    ``seconds`` column is wall time)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    for entry in lock["stages"].values():
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind, []):
+                if item["path"].endswith("history.csv") or item["path"] in ("plots/unlearn",):
+                    item.pop("md5", None)
+                    item.pop("size", None)
+    return lock
+
+
+def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(reference, tmp_path):
+    ref, env = reference
+    root = clone_of(ref, tmp_path / "launched", env)
+    params = root / "params.yaml"
+    good = params.read_text()
+    params.write_text(good.replace("npo:\n  beta: 1.0", "npo:\n  beta: -1.0"))  # a bad param for one method
+    proc = launch_cli(root, env, "--workers", "2", "--threads", "1")
+    assert proc.returncode == 1
+    log = root / ".dvc" / "tmp" / "launch" / "logs" / f"{NPO}.log"
+    assert f"stage {NPO} failed; log: {log}" in proc.stderr
+    assert "npo.beta must be > 0, got -1.0" in log.read_text()
+    assert "1 stage(s) not run because a stage they depend on failed: report" in proc.stderr
+    # the independent cells finished and are in the workspace already
+    assert (root / "metrics" / "unlearn" / "minilm-sst2-badnets-0-ga.json").read_bytes() == \
+        (ref / "metrics" / "unlearn" / "minilm-sst2-badnets-0-ga.json").read_bytes()
+
+    params.write_text(good)
+    proc = launch_cli(root, env, "--workers", "2", "--threads", "1", check=True)
+    started = sorted(ln.split()[-1] for ln in proc.stderr.splitlines() if ln.startswith("[rga-launch] started"))
+    assert started == sorted([NPO, "report"])  # everything else came from the first launch
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout
+    assert run(["dvc", "status", "-q"], root, env, check=False).returncode == 0
+    assert result_files(root) == result_files(ref)
+    assert lock_without_timings(root) == lock_without_timings(ref)
+
+
+def test_submitit_jobs_through_a_dvc_remote(reference, tmp_path):
+    ref, env = reference
+    root = clone_of(ref, tmp_path / "remote-user", env)
+    store = tmp_path / "store"
+    run(["dvc", "remote", "add", "--local", "-d", "store", str(store)], root, env)
+    proc = launch_cli(root, env, "--executor", "submitit-local", "--remote", "store", "--workers", "2",
+                      "--threads", "1", GA, check=True)
+    assert "6 stage(s) done and restored in the workspace" in proc.stderr
+    assert "DVC still ran" not in proc.stderr
+    assert any((root / ".dvc" / "tmp" / "launch" / "submitit").glob("*_submitted.pkl"))
+    assert list((store / "runs").rglob("*"))  # the run-cache went through the remote
+    assert "Running stage" not in run(["dvc", "repro", GA], root, env).stdout
+    for rel in ("metrics/unlearn/minilm-sst2-badnets-0-ga.json", "metrics/poisoned/minilm-sst2-badnets-0.json"):
+        assert (root / rel).read_bytes() == (ref / rel).read_bytes()
+    # without a default remote the launcher refuses before running anything
+    run(["dvc", "remote", "default", "--local", "--unset"], root, env)
+    proc = launch_cli(root, env, "--remote", "store", NPO)
+    assert proc.returncode == 2 and "must be the default remote" in proc.stderr
+
+
+def test_parameter_sweep_through_the_dvc_queue(reference, tmp_path):
+    ref, env = reference
+    root = clone_of(ref, tmp_path / "sweep", env)
+    shutil.copytree(ref / ".dvc" / "cache", root / ".dvc" / "cache")  # the serial run's results, committed
+    shutil.copy2(ref / "dvc.lock", root / "dvc.lock")
+    for sub in ("metrics", "plots", "report"):
+        shutil.copytree(ref / sub, root / sub, dirs_exist_ok=True)
+    for ignore in ref.glob("[dm]*/**/.gitignore"):  # DVC's .gitignore files are part of folder hashes
+        (root / ignore.relative_to(ref)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ignore, root / ignore.relative_to(ref))
+    run(["dvc", "checkout", "-q"], root, env)
+    assert run(["dvc", "status", "-q"], root, env, check=False).returncode == 0
+    env = dict(env, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "results"], root, env)
+    run(["dvc", "exp", "run", "--queue", "-S", "npo.beta=0.5,2"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+    exps = [e for rev in shown for exp in (rev.get("experiments") or []) for e in exp["revs"]]
+    betas = sorted(e["data"]["params"]["params.yaml"]["data"]["npo"]["beta"] for e in exps)
+    assert betas == [0.5, 2]
+    ga = json.loads((root / "metrics" / "summary.json").read_text())["minilm-sst2-badnets"]["ga"]
+    for e in exps:  # GA does not read npo.beta: its cell is the workspace's, its numbers unchanged
+        m = e["data"]["metrics"]["metrics/summary.json"]["data"]["minilm-sst2-badnets"]
+        assert {k: m["ga"][k] for k in ("pacc", "cacc", "delta_pacc")} == \
+            {k: ga[k] for k in ("pacc", "cacc", "delta_pacc")}
+        assert "npo" in m
