@@ -100,6 +100,10 @@ def test_toy_launch_carries_params_and_restores_everything(toy):
     assert (root / "total.txt").read_text() == "10"  # 5*1 + 5*1
     assert json.loads((root / "info" / "a.json").read_text()) == {"name": "a", "factor": 5}
     assert "3/3 done" in proc.stderr
+    assert "DVC still ran" not in proc.stderr  # the final dvc repro restored all three stages
+    combine_log = (root / ".dvc" / "tmp" / "launch" / "logs" / "combine.log").read_text()
+    assert "Running stage 'make@" not in combine_log  # combine waited: its upstream came ready-made
+    assert "Running stage 'combine'" in combine_log
     again = run(["dvc", "repro"], root, env)
     assert "Running stage" not in again.stdout
     assert run(["git", "worktree", "list"], root, env).stdout.count("\n") == 1  # job worktrees removed
@@ -171,6 +175,31 @@ def test_settings_are_checked(tmp_path):
         load_settings(tmp_path, {"workers": 0})
 
 
+def test_job_environment_gpus_and_slurm_requests(tmp_path, monkeypatch):
+    from rga.launch import LocalExecutor, SubmititExecutor, _visible_gpus, job_overrides
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setenv("RGA_DATA_MIRROR", "../shared/data")
+    ex = LocalExecutor(3, _visible_gpus())
+    assert [ex.gpu_for(i) for i in range(3)] == ["2", "3", "2"]  # the physical GPUs this process may use
+    env = job_overrides(tmp_path / "w", 4, ex.gpu_for(1))
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["RGA_THREADS"] == env["OMP_NUM_THREADS"] == "4"
+    assert env["RGA_DATA_MIRROR"] == str(Path("../shared/data").resolve())
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "w" / "src")
+
+    import submitit
+
+    # no SLURM here: let submitit build its sbatch parameters as on a cluster (nothing is submitted)
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    cfg = load_settings(tmp_path, {})["slurm"] | {"partition": "gpu", "mem_gb": 96, "extra": {"qos": "high"}}
+    sub = SubmititExecutor(tmp_path / "submitit", "slurm", 4, cfg)
+    unlearn = sub._executor(Job("unlearn@m-d-a-0-rga", "unlearn"))._executor.parameters
+    attack = sub._executor(Job("attack@d-a-0", "attack"))._executor.parameters
+    assert (unlearn["partition"], unlearn["mem"], unlearn["cpus_per_task"], unlearn["time"]) == ("gpu", "96G", 8, 240)
+    assert unlearn["gpus_per_node"] == 1 and unlearn["additional_parameters"] == {"qos": "high"}
+    assert "gpus_per_node" not in attack  # a stage without a model asks for no GPU
+
+
 def test_progress_line_counts_and_eta():
     import io
 
@@ -235,11 +264,20 @@ def lock_without_timings(root: Path) -> dict:
 def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(reference, tmp_path):
     ref, env = reference
     root = clone_of(ref, tmp_path / "launched", env)
+    # a committed dvc.lock whose outputs this clone's cache lacks (as after `git clone`): DVC
+    # must find the jobs' results through the run-cache, not by the entries' hashes
+    shutil.copy2(ref / "dvc.lock", root / "dvc.lock")
+    run(["git", "add", "dvc.lock"], root, env)
+    run(["git", *GIT_ID, "commit", "-qm", "a lock from elsewhere"], root, env)
     params = root / "params.yaml"
     good = params.read_text()
     params.write_text(good.replace("npo:\n  beta: 1.0", "npo:\n  beta: -1.0"))  # a bad param for one method
     proc = launch_cli(root, env, "--workers", "2", "--threads", "1")
     assert proc.returncode == 1
+    assert "DVC still ran" not in proc.stderr
+    logs = root / ".dvc" / "tmp" / "launch" / "logs"
+    ran = [ln for f in logs.glob("*.log") for ln in f.read_text().splitlines() if ln.startswith("Running stage")]
+    assert len(ran) == len(set(ran)), "a stage ran twice: a job recomputed its upstream"
     log = root / ".dvc" / "tmp" / "launch" / "logs" / f"{NPO}.log"
     assert f"stage {NPO} failed; log: {log}" in proc.stderr
     assert "npo.beta must be > 0, got -1.0" in log.read_text()
@@ -250,8 +288,9 @@ def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(r
 
     params.write_text(good)
     proc = launch_cli(root, env, "--workers", "2", "--threads", "1", check=True)
-    started = sorted(ln.split()[-1] for ln in proc.stderr.splitlines() if ln.startswith("[rga-launch] started"))
+    started = sorted(ln.split()[2] for ln in proc.stderr.splitlines() if ln.startswith("[rga-launch] started"))
     assert started == sorted([NPO, "report"])  # everything else came from the first launch
+    assert "DVC still ran" not in proc.stderr
     again = run(["dvc", "repro"], root, env)
     assert "Running stage" not in again.stdout
     assert run(["dvc", "status", "-q"], root, env, check=False).returncode == 0
@@ -264,6 +303,7 @@ def test_submitit_jobs_through_a_dvc_remote(reference, tmp_path):
     root = clone_of(ref, tmp_path / "remote-user", env)
     store = tmp_path / "store"
     run(["dvc", "remote", "add", "--local", "-d", "store", str(store)], root, env)
+    run(["dvc", "remote", "add", "--local", "aaa-unused", str(tmp_path / "unused")], root, env)
     proc = launch_cli(root, env, "--executor", "submitit-local", "--remote", "store", "--workers", "2",
                       "--threads", "1", GA, check=True)
     assert "6 stage(s) done and restored in the workspace" in proc.stderr
@@ -307,6 +347,10 @@ def test_parameter_sweep_through_the_dvc_queue(reference, tmp_path):
     exps = [e for rev in shown for exp in (rev.get("experiments") or []) for e in exp["revs"]]
     betas = sorted(e["data"]["params"]["params.yaml"]["data"]["npo"]["beta"] for e in exps)
     assert betas == [0.5, 2]
+    for e in exps:  # the GA cell was up to date in each experiment, NPO's ran there
+        logs = run(["dvc", "queue", "logs", e["name"]], root, env).stdout
+        assert f"Stage '{GA}' didn't change, skipping" in logs, logs[-2000:]
+        assert f"Running stage '{NPO}'" in logs
     ga = json.loads((root / "metrics" / "summary.json").read_text())["minilm-sst2-badnets"]["ga"]
     for e in exps:  # GA does not read npo.beta: its cell is the workspace's, its numbers unchanged
         m = e["data"]["metrics"]["metrics/summary.json"]["data"]["minilm-sst2-badnets"]

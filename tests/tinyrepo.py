@@ -39,7 +39,7 @@ def make_tiny_repo(root: Path, mirror: Path) -> dict:
     Returns the environment to run its commands with (:func:`env_for`).
     """
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     for name in ("stages", "src", "profiles"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -330,9 +330,10 @@ def push_run_cache_objects(repo, stage, remote: str) -> None:
         repo.cloud.push(objs, remote=remote)
 
 
-def prepare_worktree(root: Path, commit: str, work: Path, cache: str, remote: str, shared_group: bool) -> Path:
+def prepare_worktree(root: Path, commit: str, work: Path, cache: str, remote: str, shared_group: bool,
+                     lock_text: str | None = None) -> Path:
     """A fresh git worktree of ``commit`` at ``work`` (under ``.dvc/tmp/launch/``), holding the
-    workspace's params.yaml and dvc.lock and configured to use the shared cache (or, with a
+    workspace's params.yaml and dvc.lock (``lock_text``: a snapshot of it) and configured to use the shared cache (or, with a
     remote, a cache of its own)."""
     from dvc.config import Config
 
@@ -340,15 +341,18 @@ def prepare_worktree(root: Path, commit: str, work: Path, cache: str, remote: st
         remove_worktree(root, work)
     work.parent.mkdir(parents=True, exist_ok=True)
     _git(root, "worktree", "add", "-q", "--detach", str(work), commit)
-    for name in CARRIED:
-        if (root / name).exists():
-            shutil.copy2(root / name, work / name)
+    if (root / "params.yaml").exists():
+        shutil.copy2(root / "params.yaml", work / "params.yaml")
+    if lock_text is not None:  # the launcher's snapshot of the workspace's dvc.lock
+        (work / "dvc.lock").write_text(lock_text)
+    elif (root / "dvc.lock").exists():
+        shutil.copy2(root / "dvc.lock", work / "dvc.lock")
     if (root / ".dvc" / "config.local").exists():  # the user's local remotes and credentials
         shutil.copy2(root / ".dvc" / "config.local", work / ".dvc" / "config.local")
     with Config(dvc_dir=str(work / ".dvc"), validate=False).edit("local") as conf:
         conf.setdefault("core", {})["analytics"] = "false"
         if remote:  # no shared file system: a cache of the job's own, data through the remote
-            conf.get("cache", {}).pop("dir", None)
+            conf.setdefault("cache", {})["dir"] = str(work / ".dvc" / "cache")  # not a repo-level cache.dir
             conf["core"]["remote"] = remote
         else:
             conf.setdefault("cache", {})["dir"] = cache
@@ -357,10 +361,11 @@ def prepare_worktree(root: Path, commit: str, work: Path, cache: str, remote: st
     return work
 
 
-def refresh_lock(root: Path, work: Path, stages: Sequence[str]) -> None:
-    """Bring the workspace's dvc.lock entries of ``stages`` into a reused worktree's dvc.lock
-    (a stage run in the workspace since the worktree was made, e.g. the paraphrase cache)."""
-    src = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else None
+def refresh_lock(lock_text: str | None, work: Path, stages: Sequence[str]) -> None:
+    """Bring the dvc.lock entries of ``stages`` from ``lock_text`` (the launcher's snapshot of
+    the workspace's dvc.lock) into a reused worktree's dvc.lock: a stage run in the workspace
+    since the worktree was made, e.g. the paraphrase cache."""
+    src = yaml.safe_load(lock_text) if lock_text else None
     if not src or not stages:
         return
     path = work / "dvc.lock"
@@ -396,11 +401,14 @@ def remove_worktree(root: Path, work: Path) -> None:
     _git(root, "worktree", "prune", check=False)
 
 
-def job_env(root: Path, work: Path, threads: int, gpu: str | None) -> dict:
-    """A job's environment: the job's own source tree first on PYTHONPATH, torch threads, GPU."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(work / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("RGA_ROOT", None)
+def job_overrides(work: Path, threads: int, gpu: str | None) -> dict:
+    """The variables a job sets on top of the environment it starts in: the job's own source
+    tree first on PYTHONPATH, torch threads, its GPU, and ``RGA_DATA_MIRROR`` made absolute (the
+    job runs in another folder)."""
+    env = {"PYTHONPATH": str(work / "src") + (os.pathsep + os.environ["PYTHONPATH"]
+                                              if os.environ.get("PYTHONPATH") else "")}
+    if os.environ.get("RGA_DATA_MIRROR"):
+        env["RGA_DATA_MIRROR"] = str(Path(os.environ["RGA_DATA_MIRROR"]).resolve())
     if threads:
         for k in ("RGA_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             env[k] = str(threads)
@@ -409,38 +417,51 @@ def job_env(root: Path, work: Path, threads: int, gpu: str | None) -> dict:
     return env
 
 
+def job_env(root: Path, work: Path, threads: int, gpu: str | None) -> dict:
+    """The full environment of a local job: this process's, with :func:`job_overrides`."""
+    env = dict(os.environ)
+    env.pop("RGA_ROOT", None)
+    env.update(job_overrides(work, threads, gpu))
+    return env
+
+
 # --------------------------------------------------------------------------- executors
 
 class LocalExecutor:
     """N worker processes on this machine; each job is a process group (killed as one)."""
 
-    def __init__(self, workers: int, gpus: int = 0):
+    def __init__(self, workers: int, gpus: Sequence[str] = ()):
         self.workers = workers
-        self.gpus = gpus
-        self.free_slots = list(range(workers))
+        self.gpus = list(gpus)
 
     def gpu_for(self, slot: int) -> str | None:
-        return str(slot % self.gpus) if self.gpus else None
+        """The GPU of worker ``slot``: entry ``slot`` mod n of the GPUs this process sees (as
+        ``CUDA_VISIBLE_DEVICES`` names them), or None without GPUs."""
+        return self.gpus[slot % len(self.gpus)] if self.gpus else None
 
     def submit(self, job: Job, cmd: list[str], cwd: Path, env: dict, log: Path):
+        """Start ``cmd`` in ``cwd`` as a new process group writing to ``log``; returns the Popen."""
         with open(log, "ab") as out:
             return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
     @staticmethod
     def poll(handle) -> int | None:
+        """The job's exit code, or None while it runs."""
         return handle.poll()
 
     @staticmethod
     def cancel(handle) -> None:
+        """SIGTERM the job's process group, then SIGKILL what is left of it after 20 s."""
         try:
             os.killpg(handle.pid, signal.SIGTERM)
             handle.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(handle.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
+        try:
+            os.killpg(handle.pid, signal.SIGKILL)  # stragglers of the group, if any
+        except ProcessLookupError:
+            pass
 
 
 class SubmititExecutor:
@@ -461,50 +482,65 @@ class SubmititExecutor:
     def _executor(self, job: Job):
         ex = self.submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         s = self.slurm
-        gpu = job.kind in s.get("gpu_stages", MODEL_STAGES)
-        common = {"timeout_min": int(s["time_min"]), "name": f"rga-{job.name}"}
+        gpu = job.kind in s["gpu_stages"]
+        common = {"timeout_min": s["time_min"], "name": f"rga-{job.name}"}
         if self.cluster == "slurm":
-            extra = {"slurm_partition": s["partition"] or None, "slurm_mem": f"{int(s['mem_gb'])}G",
-                     "slurm_cpus_per_task": int(s["cpus_per_job"]),
-                     "slurm_gpus_per_node": int(s["gpus_per_job"]) if gpu else 0,
-                     "slurm_account": s.get("account") or None,
-                     "slurm_additional_parameters": dict(s.get("extra") or {})}
+            extra = {"slurm_partition": s["partition"] or None, "slurm_mem": f"{s['mem_gb']}G",
+                     "slurm_cpus_per_task": s["cpus_per_job"],
+                     "slurm_gpus_per_node": s["gpus_per_job"] if gpu and s["gpus_per_job"] else None,
+                     "slurm_account": s["account"] or None,
+                     "slurm_additional_parameters": dict(s["extra"]) or None}
             common.update({k: v for k, v in extra.items() if v is not None})
-        else:
-            common.update({"gpus_per_node": int(s["gpus_per_job"]) if gpu and _gpu_count() else 0})
+        elif gpu and s["gpus_per_job"] and _visible_gpus():
+            common["gpus_per_node"] = s["gpus_per_job"]
         ex.update_parameters(**common)
         return ex
 
     def submit(self, job: Job, cmd: list[str], cwd: Path, env: dict, log: Path):
-        shell = f"{shlex.join(cmd)} >> {shlex.quote(str(log))} 2>&1"  # the same log file as local jobs
-        fn = self.submitit.helpers.CommandFunction(["bash", "-c", shell], cwd=str(cwd), env=env, verbose=False)
+        """Submit ``cmd`` as one job. Only the job's own variables are set (``env K=V``), on top
+        of the environment the node gives the job (SLURM's GPU mask, ``TMPDIR``, ...)."""
+        sets = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        shell = f"env {sets} {shlex.join(cmd)} >> {shlex.quote(str(log))} 2>&1"  # the same log as local jobs
+        fn = self.submitit.helpers.CommandFunction(["bash", "-c", shell], cwd=str(cwd), verbose=False)
         return self._executor(job).submit(fn)
 
     @staticmethod
-    def poll(handle) -> int | None:
+    def poll(handle, log: Path | None = None) -> int | None:
+        """0 when the job succeeded, 1 when it failed (submitit's error, e.g. a timeout or the
+        command's exit, is appended to ``log``), None while it runs."""
         if not handle.done():
             return None
         try:
             handle.result()
             return 0
-        except Exception:  # noqa: BLE001 - submitit wraps the command's failure; the log says why
+        except Exception as err:  # noqa: BLE001 - submitit wraps every failure; keep its text
+            if log is not None:
+                with open(log, "a") as out:
+                    out.write(f"\n[rga-launch] submitit job {handle.job_id} failed: {err}\n"
+                              f"[rga-launch] submitit logs: {handle.paths.stdout} {handle.paths.stderr}\n")
             return 1
 
     @staticmethod
     def cancel(handle) -> None:
+        """Cancel the submitted job (scancel under SLURM)."""
         try:
             handle.cancel(check=False)
         except Exception:  # noqa: BLE001
             pass
 
 
-def _gpu_count() -> int:
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (its own list when
+    set, else 0..n-1 from torch)."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        return [g.strip() for g in mask.split(",") if g.strip() and g.strip() != "-1"]
     try:
         import torch
 
-        return torch.cuda.device_count()
+        return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001
-        return 0
+        return []
 
 
 # --------------------------------------------------------------------------- progress
@@ -545,9 +581,10 @@ class Progress:
         line = (f"[rga-launch] {len(done)}/{self.total} done · {len(running)} running · {len(failed)} failed"
                 f"{f' ({len(skipped)} skipped)' if skipped else ''} · {len(pending)} left · "
                 f"elapsed {_fmt_seconds(time.time() - self.t0)} · ETA {self.eta(jobs, done, pending, running)}")
-        if line == self.last and not final:
+        counts = line.split(" · elapsed")[0]
+        if (line if self.tty else counts) == self.last and not final:
             return
-        self.last = line
+        self.last = line if self.tty else counts
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else "\033[K"))
         else:
@@ -579,8 +616,11 @@ def load_settings(root: Path, overrides: dict) -> dict:
     Raises:
         LaunchError: an unknown key or executor, or a non-positive worker count.
     """
-    params = yaml.safe_load((root / "params.yaml").read_text()) or {} if (root / "params.yaml").exists() else {}
+    params = (yaml.safe_load((root / "params.yaml").read_text()) or {}) if (root / "params.yaml").exists() else {}
     section = params.get("launch") or {}
+    if not isinstance(section, dict) or not isinstance(section.get("slurm") or {}, dict):
+        raise LaunchError("params.yaml: launch (and launch.slurm) must be a mapping of settings, e.g. "
+                          "launch: {executor: local, workers: 2}")
     unknown = set(section) - set(DEFAULTS)
     if unknown:
         raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.' + k for k in unknown)}; "
@@ -599,6 +639,24 @@ def load_settings(root: Path, overrides: dict) -> dict:
     if not isinstance(out["threads"], int) or out["threads"] < 0:
         raise LaunchError(f"launch.threads / --threads must be an integer >= 0 (0 = cores / workers), "
                           f"got {out['threads']!r}")
+    if not isinstance(out["finish"], bool):
+        raise LaunchError(f"launch.finish must be true or false, got {out['finish']!r}")
+    if not isinstance(out["remote"], str):
+        raise LaunchError(f"launch.remote must be a DVC remote name (a string), got {out['remote']!r}")
+    sl = out["slurm"]
+    for key in ("gpus_per_job", "cpus_per_job", "mem_gb", "time_min"):
+        low = 0 if key == "gpus_per_job" else 1
+        if isinstance(sl[key], bool) or not isinstance(sl[key], int) or sl[key] < low:
+            raise LaunchError(f"launch.slurm.{key} must be an integer >= {low}, got {sl[key]!r}")
+    for key in ("partition", "account"):
+        if not isinstance(sl[key], str):
+            raise LaunchError(f"launch.slurm.{key} must be a string, got {sl[key]!r}")
+    if not isinstance(sl["extra"], dict):
+        raise LaunchError(f"launch.slurm.extra must be a mapping of sbatch settings, got {sl['extra']!r}")
+    unknown_kinds = set(sl["gpu_stages"] or []) - set(MODEL_STAGES) - {"fetch_data", "attack", "report"}
+    if not isinstance(sl["gpu_stages"], list) or unknown_kinds:
+        raise LaunchError(f"launch.slurm.gpu_stages must list stage names; unknown: {sorted(unknown_kinds)}; "
+                          f"valid: {', '.join(('fetch_data', 'attack', 'report') + MODEL_STAGES)}")
     return out
 
 
@@ -628,12 +686,18 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
         commit = check_workspace(root, output_paths(root))
         jobs = plan(root, targets)
         workers = cfg["workers"]
-        threads = cfg["threads"] or max((os.cpu_count() or 1) // workers, 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cfg["threads"] or (cfg["slurm"]["cpus_per_job"] if cfg["executor"] == "slurm"
+                                     else max(cores // workers, 1))
         remote = cfg["remote"]
         logs = root / LAUNCH_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if cfg["executor"] == "local":
-            executor = LocalExecutor(workers, _gpu_count())
+            gpus = _visible_gpus()
+            if gpus and workers > len(gpus):
+                progress_stream.write(f"[rga-launch] warning: {workers} workers share {len(gpus)} GPU(s); "
+                                      "workers i and i + n use the same GPU\n")
+            executor = LocalExecutor(workers, gpus)
         else:
             executor = SubmititExecutor(root / LAUNCH_DIR / "submitit",
                                         "slurm" if cfg["executor"] == "slurm" else "local", workers, cfg["slurm"])
@@ -646,7 +710,8 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
                            Progress(len(jobs), workers, progress_stream))
         if cfg["finish"] and (result.done or not jobs):
             # with failures, the stages that did finish are still brought into the workspace
-            result.workspace_ran = finish(root, list(targets) if not result.failed else result.done, remote)
+            result.workspace_ran = finish(root, list(targets) if not result.failed else result.done, remote,
+                                          rerun=[n for n in result.done if jobs[n].cacheable])
             result.finished_workspace = True
         return result
 
@@ -665,8 +730,8 @@ def check_remote(root: Path, remote: str) -> None:
     Raises:
         LaunchError: unknown remote (lists the configured ones) or not the default.
     """
-    listed = subprocess.run(["dvc", "remote", "list"], cwd=root, capture_output=True, text=True).stdout.split()
-    names = listed[0::2]
+    listed = subprocess.run(["dvc", "remote", "list"], cwd=root, capture_output=True, text=True).stdout
+    names = [ln.split()[0] for ln in listed.splitlines() if ln.strip()]
     if remote not in names:
         raise LaunchError(f"unknown DVC remote {remote!r} (--remote / launch.remote); configured remotes: "
                           f"{', '.join(names) or 'none'} (add one: dvc remote add -d NAME URL)")
@@ -676,16 +741,57 @@ def check_remote(root: Path, remote: str) -> None:
                           f"dvc repro --pull reads the default; run `dvc remote default {remote}`")
 
 
-def finish(root: Path, targets: Sequence[str] = (), remote: str = "") -> list[str]:
+def without_entries(lock_text: str, stages: set[str]) -> str:
+    """``lock_text`` (a dvc.lock) without the entries of ``stages``.
+
+    Why: when a stage's dependencies still match its dvc.lock entry but its outputs are missing,
+    DVC restores the outputs the entry names and, if the cache lacks them, runs the stage again;
+    it consults the run-cache only for a stage without a matching entry. A stage this launch
+    re-runs can produce other bytes than the entry names (torch's results depend on the thread
+    count), so the jobs and the final ``dvc repro`` must find it through the run-cache.
+    """
+    lock = yaml.safe_load(lock_text) or {}
+    entries = lock.get("stages") or {}
+    if not set(entries) & stages:
+        return lock_text
+    lock["stages"] = {k: v for k, v in entries.items() if k not in stages}
+    return yaml.safe_dump(lock, sort_keys=False)
+
+
+def finish(root: Path, targets: Sequence[str] = (), remote: str = "", rerun: Sequence[str] = ()) -> list[str]:
     """``dvc repro`` in the workspace after the jobs: every stage is restored from the run-cache.
+
+    The dvc.lock entries of the stages the jobs ran (``rerun``) are dropped first (see
+    :func:`without_entries`); DVC writes them anew, and afterwards the entries are put back in
+    the file's original order so that dvc.lock diffs show changed values, not moved entries.
 
     Returns:
         the stages that DVC still ran there (empty when every job's result was restored).
 
     Raises:
-        LaunchError: the ``dvc repro`` (or, with a remote, ``dvc pull --run-cache``) failed.
+        LaunchError: the ``dvc repro`` failed.
     """
+    from dvc.utils.serialize import modify_yaml
+
+    lock_path = root / "dvc.lock"
+    order: list[str] = []
+    if lock_path.exists() and rerun:
+        with modify_yaml(str(lock_path)) as lock:
+            entries = lock.get("stages") or {}
+            order = list(entries)
+            for name in rerun:
+                entries.pop(name, None)
     out = _dvc(root, ["repro", *(["--pull"] if remote else []), *targets], "restore the results in the workspace")
+    if order and lock_path.exists():
+        with modify_yaml(str(lock_path)) as lock:
+            entries = lock["stages"]
+            rank = {name: i for i, name in enumerate(order)}
+            names = sorted(entries, key=lambda n: (rank.get(n, len(rank)), list(entries).index(n)))
+            items = [(n, entries[n]) for n in names]
+            for n in list(entries):
+                del entries[n]
+            for n, v in items:
+                entries[n] = v
     return [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("Running stage '")]
 
 
@@ -716,14 +822,20 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
     per_worker = isinstance(executor, LocalExecutor)
     worker_dirs: dict[int, Path] = {}
     worker_have: dict[int, set[str]] = {i: set() for i in range(workers)}
+    lock_path = root / "dvc.lock"
+    # one snapshot of the workspace's dvc.lock, taken again only when a workspace stage has
+    # finished writing it (never read while DVC writes it in place)
+    rerun = {n for n, j in jobs.items() if j.cacheable}
+    snapshot = [without_entries(lock_path.read_text(), rerun) if lock_path.exists() else None]
 
-    def start(job: Job, slot: int | None) -> None:
+    def start(job: Job, slot: int) -> None:
         job.log = logs / f"{job.name}.log"
         job.log.write_text("")
         job.started = time.time()
         job.slot = slot
-        if slot is None:  # runs in the workspace itself (its persist outputs stay there)
-            env = job_env(root, root, threads, None)
+        gpu = executor.gpu_for(slot) if per_worker else None
+        if not job.cacheable:  # runs in the workspace itself (its persist outputs stay there)
+            env = job_env(root, root, threads, gpu)
             with open(job.log, "ab") as out:
                 job.handle = subprocess.Popen(["dvc", "repro", *(["--pull"] if remote else []), job.name], cwd=root,
                                               env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -731,28 +843,65 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
             return
         if per_worker:
             if slot not in worker_dirs:
-                worker_dirs[slot] = prepare_worktree(root, commit, root / LAUNCH_DIR / "workers" / str(slot),
-                                                     cache, remote, shared_group)
+                work = root / LAUNCH_DIR / "workers" / str(slot)
+                worker_dirs[slot] = work  # registered first: a half-made worktree is removed too
+                prepare_worktree(root, commit, work, cache, remote, shared_group, snapshot[0])
             job.workdir = worker_dirs[slot]
+            refresh_lock(snapshot[0], job.workdir, job.restore)
         else:
-            job.workdir = prepare_worktree(root, commit, root / LAUNCH_DIR / "jobs" / job.name.replace("@", "_at_"),
-                                           cache, remote, shared_group)
-        if per_worker:
-            refresh_lock(root, job.workdir, job.restore)
+            job.workdir = root / LAUNCH_DIR / "jobs" / job.name.replace("@", "_at_")
+            prepare_worktree(root, commit, job.workdir, cache, remote, shared_group, snapshot[0])
         copy_outputs(root, job.workdir, job.copy_outs)
-        gpu = executor.gpu_for(slot) if per_worker else None
-        env = job_env(root, job.workdir, threads, gpu)
-        job.handle = executor.submit(job, job_command(job, remote), job.workdir, env, job.log)
+        if per_worker:
+            job.handle = executor.submit(job, job_command(job, remote), job.workdir,
+                                         job_env(root, job.workdir, threads, gpu), job.log)
+        else:
+            job.handle = executor.submit(job, job_command(job, remote), job.workdir,
+                                         job_overrides(job.workdir, threads, None), job.log)
 
     def poll(job: Job) -> int | None:
-        if job.slot is None:
+        if not job.cacheable or per_worker:
             return job.handle.poll()
-        return executor.poll(job.handle)
+        return executor.poll(job.handle, job.log)
+
+    def stop(job: Job) -> None:
+        if job.handle is None:
+            return
+        if not job.cacheable or per_worker:
+            LocalExecutor.cancel(job.handle)
+        else:
+            executor.cancel(job.handle)
 
     def cleanup() -> None:
+        for job in running.values():
+            if job.workdir and not per_worker:
+                remove_worktree(root, job.workdir)
         for work in worker_dirs.values():
             remove_worktree(root, work)
         worker_dirs.clear()
+
+    def finished(job: Job, rc: int) -> None:
+        job.seconds = time.time() - job.started
+        slots.append(job.slot)
+        slots.sort()
+        if not job.cacheable:
+            workspace_busy[0] = None
+            snapshot[0] = without_entries(lock_path.read_text(), rerun) if lock_path.exists() else None
+            if rc == 0 and remote:  # its outputs reach later jobs through the remote
+                with open(job.log, "ab") as out:
+                    rc = subprocess.call(["dvc", "push", "-r", remote, job.name], cwd=root, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        else:
+            if rc == 0:
+                worker_have[job.slot] |= {job.name} | job.upstream | set(job.restore)
+            if not per_worker and job.workdir:
+                remove_worktree(root, job.workdir)
+        if rc == 0:
+            done.add(job.name)
+            progress.note(f"[rga-launch] done {job.name} in {_fmt_seconds(job.seconds)}")
+        else:
+            failed[job.name] = job.log
+            progress.note(f"[rga-launch] FAILED {job.name} (exit {rc}); log: {job.log}")
 
     try:
         while pending or running:
@@ -761,59 +910,42 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
                     pending.discard(name)
                     skipped.add(name)
             ready = [jobs[n] for n in pending if jobs[n].upstream <= done]
-            for job in sorted((j for j in ready if not j.cacheable), key=lambda j: j.name):
-                if workspace_busy[0] is None:
-                    pending.discard(job.name)
-                    running[job.name] = job
-                    start(job, None)
-                    progress.note(f"[rga-launch] started {job.name} (in the workspace)")
-            ready = [j for j in ready if j.cacheable]
+            if workspace_busy[0] is not None:  # one workspace stage at a time; jobs meanwhile
+                ready = [j for j in ready if j.cacheable]
             while slots and ready:
                 slot = slots.pop(0)
                 job = _pick(ready, worker_have[slot])
                 ready.remove(job)
+                if not job.cacheable:
+                    ready = [j for j in ready if j.cacheable]
                 pending.discard(job.name)
+                try:
+                    start(job, slot)
+                except Exception as err:  # noqa: BLE001 - e.g. sbatch refused it, git worktree failed
+                    with open(job.log, "a") as out:
+                        out.write(f"[rga-launch] could not start {job.name}: {err}\n")
+                    finished(job, 1)
+                    continue
                 running[job.name] = job
-                start(job, slot)
-                progress.note(f"[rga-launch] started {job.name}")
+                where = " (in the workspace)" if not job.cacheable else ""
+                progress.note(f"[rga-launch] started {job.name}{where}")
             progress.update(jobs, done, running, failed, skipped, pending)
             time.sleep(0.5)
             for name, job in list(running.items()):
                 rc = poll(job)
-                if rc is None:
-                    continue
-                del running[name]
-                job.seconds = time.time() - job.started
-                if job.slot is None:
-                    workspace_busy[0] = None
-                    if rc == 0 and remote:  # its outputs reach later jobs through the remote
-                        rc = subprocess.call(["dvc", "push", "-r", remote, name], cwd=root, stdout=subprocess.DEVNULL)
-                else:
-                    slots.append(job.slot)
-                    slots.sort()
-                    if rc == 0:
-                        worker_have[job.slot] |= {name} | job.upstream | set(job.restore)
-                    if not per_worker:
-                        remove_worktree(root, job.workdir)
-                if rc == 0:
-                    done.add(name)
-                    progress.note(f"[rga-launch] done {name} in {_fmt_seconds(job.seconds)}")
-                else:
-                    failed[name] = job.log
-                    progress.note(f"[rga-launch] FAILED {name} (exit {rc}); log: {job.log}")
+                if rc is not None:
+                    del running[name]
+                    finished(job, rc)
             progress.update(jobs, done, running, failed, skipped, pending)
-    except KeyboardInterrupt:
-        progress.note(f"[rga-launch] interrupted: stopping {len(running)} running job(s)")
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            progress.note(f"[rga-launch] interrupted: stopping {len(running)} running job(s)")
         for job in running.values():
-            if job.slot is None:
-                LocalExecutor.cancel(job.handle)
-            else:
-                executor.cancel(job.handle)
-                if not per_worker:
-                    remove_worktree(root, job.workdir)
+            stop(job)
         cleanup()
-        progress.note(f"[rga-launch] {len(done)} stage(s) finished and are in the run-cache; run rga-launch "
-                      "again to go on (the workspace was not written by the jobs)")
+        if isinstance(err, KeyboardInterrupt):
+            progress.note(f"[rga-launch] {len(done)} stage(s) finished and are in the run-cache; run rga-launch "
+                          "again to go on")
         raise
     cleanup()
     progress.update(jobs, done, running, failed, skipped, pending, final=True)
@@ -823,6 +955,9 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
 # --------------------------------------------------------------------------- CLI
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``rga-launch`` command line (see ``rga-launch --help``); returns the exit code: 0 done,
+    1 some stage failed, 2 refused (bad settings, uncommitted edits, another launcher), 130
+    interrupted."""
     p = argparse.ArgumentParser(
         prog="rga-launch",
         description="Run the DVC pipeline's stale stages in parallel (local workers, SLURM through submitit) "
@@ -842,7 +977,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_job(a.job, a.restore, a.remote or "")
     from dvc.exceptions import DvcException
 
-    root = Path.cwd()
+    def _terminate(signum, frame):  # SIGTERM/SIGHUP (e.g. a closed terminal) stop the jobs as Ctrl-C does
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    try:
+        root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    except subprocess.CalledProcessError:
+        print(f"rga-launch: {Path.cwd()} is not inside a git repository", file=sys.stderr)
+        return 2
     try:
         if a.dry:
             jobs = plan(root, a.targets)
