@@ -980,8 +980,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _terminate(signum, frame):  # SIGTERM/SIGHUP (e.g. a closed terminal) stop the jobs as Ctrl-C does
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+    # Ctrl-C works even where the launcher was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that); SIGTERM stops it the same way; SIGHUP too, unless it
+    # is ignored on purpose (`nohup rga-launch ...`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminate)
     try:
         root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
                                    check=True).stdout.strip())
