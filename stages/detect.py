@@ -22,7 +22,7 @@ from rga.detection import (DETECTORS, RULES, CubeSizeError, cube_detect, degener
                            noisy_oracle)
 from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
 from rga.models import load_classifier, model_options, model_spec
-from rga.plan import MemoryPlanError, check_stage
+from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.training import predict_logits
 
@@ -60,10 +60,7 @@ elif detector == "noisy_oracle":
     info.update({"target_precision": float(D.get("precision", 1.0)), "target_recall": float(D.get("recall", 1.0))})
     warnings = degenerate_warnings(np.zeros(len(train), int), flagged, 1)
 else:
-    try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
-        check_stage(mspec, P, "detect", spec.num_labels)
-    except MemoryPlanError as err:
-        sys.exit(f"detect {cell}: {err}")
+    require_fit(f"detect {cell}", mspec, P, "detect", spec.num_labels)
     model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind, **model_options(mspec))
     logits, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
                              P["finetune"]["max_length"], return_hidden_kind=mspec.kind)

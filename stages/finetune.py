@@ -18,7 +18,7 @@ from rga.evaluation import confusion_rows, evaluate_model
 from rga.io import cell_name, write_json
 from rga.models import (ModelNotFound, UnsafeWeightsError, checkpoint_hash, load_classifier, load_given_checkpoint,
                         model_options, model_spec, save_classifier)
-from rga.plan import MemoryPlanError, check_stage
+from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.tracking import EpochLogger
 from rga.training import TrainConfig, set_seed, train_classifier
@@ -37,10 +37,7 @@ train = read_parquet(adir / "train.parquet")
 clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
 ft = P["finetune"]
 
-try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
-    check_stage(mspec, P, "finetune" if mspec.poisoned_path is None else "evaluate", spec.num_labels)
-except MemoryPlanError as err:
-    sys.exit(f"finetune {cell}: {err}")
+require_fit(f"finetune {cell}", mspec, P, "finetune" if mspec.poisoned_path is None else "evaluate", spec.num_labels)
 set_seed(args.seed)
 logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",) if mspec.poisoned_path is None
                      else ("cacc", "lfr", "pacc"))

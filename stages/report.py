@@ -11,8 +11,8 @@ from rga.io import load_params, save_figure, write_csv, write_json, write_text
 from rga.pipeline import ROOT
 from rga.unlearning import load_plugins
 from rga.report import (CI_LEVEL, N_BOOTSTRAP, bootstrap_intervals, detection_table, group_name, load_curves,
-                        load_predictions, matrix_cells, plot_confusions, plot_curve, shift_table, summary_json,
-                        summary_rows, table)
+                        load_predictions, matrix_cells, overlay_tables, plot_confusions, plot_curve, shift_table,
+                        summary_json, summary_rows, table)
 
 P = load_params(ROOT / "params.yaml")
 # The method list comes from the matrix (built-in + plugin methods); display names from the registry.
@@ -53,14 +53,19 @@ figs = ROOT / "report" / "figures"
 if figs.exists():
     shutil.rmtree(figs)
 figs.mkdir(parents=True)
+curves_by_cell, retrain_by_cell = {}, {}
 for model, dataset, attack, seed in cells:
     cell = f"{model}-{dataset}-{attack}-{seed}"
     spec = dataset_spec(dataset, P)
     names = list(spec.label_names) or [str(i) for i in range(spec.num_labels)]
     curves = load_curves(ROOT / "plots", cell, methods)
     rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
+    curves_by_cell[cell], retrain_by_cell[cell] = curves, rt
     save_figure(plot_curve(curves, "pacc", cell, "PACC on fully triggered test set (%)",
                            "PACC over unlearning epochs", ref=rt["pacc"], ylim=(0, 100)), figs / f"{cell}-pacc.png")
+    save_figure(plot_curve(curves, "cacc", cell, "CACC on clean test set (%)",
+                           "CACC over unlearning epochs (scored at the record epochs)", ref=rt["cacc"]),
+                figs / f"{cell}-cacc.png")
     save_figure(plot_curve(curves, "poison_loss", cell, "mean CE on forget set (nats, symlog)",
                            "Poison loss over unlearning epochs", logy=True), figs / f"{cell}-poison_loss.png")
     lam = {m: c for m, c in curves.items() if "lambda" in c and c["lambda"].notna().any()}
@@ -78,4 +83,11 @@ for model, dataset, attack, seed in cells:
     scatter = ROOT / "plots" / "detect" / f"{cell}.png"
     if scatter.is_file():
         shutil.copyfile(scatter, figs / f"{cell}-cube.png")
+# the methods of each cell overlaid, for `dvc plots show` / `dvc plots diff` (dvc.yaml top-level plots)
+overlays = ROOT / "plots" / "overlay"
+if overlays.exists():
+    shutil.rmtree(overlays)
+overlays.mkdir(parents=True)
+for metric, frame in overlay_tables(curves_by_cell, retrain_by_cell).items():
+    write_csv(frame, overlays / f"{metric}.csv")
 print(md)

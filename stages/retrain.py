@@ -12,7 +12,7 @@ import time
 from rga.data import dataset_spec, read_parquet, stratified_subsample
 from rga.io import cell_name, write_json
 from rga.models import load_classifier, model_options, model_spec, save_classifier
-from rga.plan import MemoryPlanError, check_stage
+from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import parse_cell, raw_dir, retrain_model_dir, stage_threads
 from rga.training import TrainConfig, set_seed, train_classifier
 
@@ -31,10 +31,7 @@ elif (raw_dir(args.dataset) / "test_poisoned.parquet").is_file():
     sys.exit(f"retrain: dataset {args.dataset!r} has test_poisoned.csv (an already poisoned dataset) but its train.csv "
              "marks no row (no is_poisoned or suspect column), so there is no clean training set for ReTrain; "
              "add the column, or set retrain.data: retain (ReTrain on the detected retain set)")
-try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
-    check_stage(mspec, P, "finetune", spec.num_labels)
-except MemoryPlanError as err:
-    sys.exit(f"retrain: {err}")
+require_fit("retrain", mspec, P, "finetune", spec.num_labels)
 set_seed(args.seed)
 model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, **model_options(mspec))
 ft = P["finetune"]

@@ -9,14 +9,13 @@ in its attack folder (the authors' train_clean.csv, else their poisoned = 0 rows
 retrain.data = clean, ReTrain fine-tunes the base model on it instead of evaluating the shared
 model (which was trained on the dataset's own split)."""
 
-import sys
 import time
 
 from rga.data import dataset_spec, read_parquet
 from rga.evaluation import evaluate_model
 from rga.io import cell_name, choice
 from rga.models import load_classifier, model_options, model_spec
-from rga.plan import MemoryPlanError, check_stage
+from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_threads
 from rga.stagekit import write_method_result
 from rga.training import TrainConfig, set_seed, train_classifier
@@ -36,10 +35,7 @@ if data == "clean" and imported_clean.is_file():
     data = "clean (imported)"
     train_set = read_parquet(imported_clean)
     extra.update(retrain_data=data, train_rows=len(train_set))
-try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
-    check_stage(mspec, P, "evaluate" if data == "clean" else "finetune", spec.num_labels)
-except MemoryPlanError as err:
-    sys.exit(f"retrain_eval {cell}: {err}")
+require_fit(f"retrain_eval {cell}", mspec, P, "evaluate" if data == "clean" else "finetune", spec.num_labels)
 if data == "clean":
     model, tok = load_classifier(str(retrain_model_dir(args.model, args.dataset, args.seed)), spec.num_labels,
                                  mspec.kind, **model_options(mspec))

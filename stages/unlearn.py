@@ -19,7 +19,7 @@ from rga.detection import EmptyForgetSetError, require_forget_set, require_retai
 from rga.evaluation import evaluate_model, evaluate_triggered
 from rga.io import cell_name, write_text
 from rga.models import checkpoint_hash, load_classifier, model_options, model_spec, save_classifier
-from rga.plan import MemoryPlanError, check_stage
+from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
@@ -57,10 +57,7 @@ clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "te
 # with a user's own data (attack "given") the poisoned rows may be unknown or only suspected
 known_truth = json.loads((adir / "stats.json").read_text())["train"].get("ground_truth", "is_poisoned") == "is_poisoned"
 
-try:  # before any weight is loaded: refuse a cell that will not fit (python -m rga.plan)
-    check_stage(mspec, P, "unlearn", spec.num_labels, method)
-except MemoryPlanError as err:
-    sys.exit(f"unlearn {where}: {err}")
+require_fit(f"unlearn {where}", mspec, P, "unlearn", spec.num_labels, method)
 set_seed(args.seed)
 model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind, **model_options(mspec))
 # NPO/RGA/DGA's reference is these logits (N_forget x C float32), not a second model

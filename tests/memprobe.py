@@ -1,26 +1,27 @@
-"""Peak memory of a few training or unlearning steps of a tiny random model, in a fresh process.
+"""Peak tensor memory of a few training or unlearning steps of a tiny random model, in a fresh process.
 
 Run by ``tests/test_plan.py`` as ``python tests/memprobe.py '<json>'``; prints one JSON line with
-the planner's estimate and the measured peak resident memory (VmHWM) above the resident memory
-before the model was built, both in bytes.
+the planner's estimate and the measured peak, both in bytes.
+
+The peak is that of the bytes held by live tensors, read from torch.profiler's memory timeline:
+the CPU counterpart of ``torch.cuda.max_memory_allocated``, which ``benchmarks/gpu_check.py``
+compares on GPUs. Not the process's peak resident memory (VmHWM): that also counts oneDNN's
+packed-weight copies and scratchpads and the C heap's slack, which depend on the machine (measured on the bf16 + checkpointing Llama step: VmHWM 43-62 MB across
+oneDNN instruction sets and hosts, tensor peak 38.1 MB on all of them).
 """
 
 import json
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import torch
 
 
-def rss(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def warm_up(cfg) -> None:
-    """One small training step (batch 2 x 8 tokens) on a throwaway model of the same kind."""
+    """One small training step (batch 2 x 8 tokens) on a throwaway model of the same kind, so that
+    lazily built library state is not counted as the model's."""
     import torch.nn.functional as F
     from transformers import AutoModelForSequenceClassification
 
@@ -36,24 +37,29 @@ def warm_up(cfg) -> None:
     del model, opt
 
 
-def main(spec: dict) -> dict:
-    import torch.nn.functional as F
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def tensor_peak(prof) -> int:
+    """Peak bytes of live CPU tensors over a ``torch.profiler.profile(profile_memory=True,
+    record_shapes=True, with_stack=True)`` run: the maximum over time of the timeline's
+    per-category sizes summed (parameters, gradients, optimizer state, activations, temporaries...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.raw.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only API
+            prof.export_memory_timeline(str(path), device="cpu")
+        times, sizes = json.loads(path.read_text())
+    return max(sum(row) for row in sizes)
 
-    from rga.models import LoraSpec, add_adapters, autocast, enable_checkpointing, set_precision
-    from rga.plan import Settings, estimate, model_shape
+
+def steps(spec: dict, s, cfg, lora) -> list[float]:
+    """Build the model as the stages do and run ``spec['steps']`` optimizer steps; returns the losses."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification
+
+    from rga.models import add_adapters, autocast, enable_checkpointing, set_precision
     from rga.training import clip_gradients, make_optimizer
     from rga.unlearning import backbone_pairs
     from rga.methods.rga import param_distance
 
-    torch.set_num_threads(1)
-    cfg = AutoConfig.for_model(**spec["config"])
-    lora = LoraSpec(**spec["lora"]) if spec.get("lora") else None
-    s = Settings(precision=spec["precision"], lora=lora, gradient_checkpointing=spec.get("checkpointing", False),
-                 batch_size=spec["batch"], max_length=spec["length"], task=spec["task"], needs_base=True)
-    est = estimate(model_shape(cfg, 2, lora), s)
-    warm_up(cfg)  # page in torch's kernels and thread pools first: they are the library's, not the model's
-    base = rss("VmRSS")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager")
     if spec["precision"] == "bf16":
@@ -87,7 +93,26 @@ def main(spec: dict) -> dict:
         clip_gradients(model, 1.0)
         opt.step()
         losses.append(loss.item())
-    return {"estimate": est.total, "parts": est.parts, "measured": rss("VmHWM") - base, "losses": losses}
+    return losses
+
+
+def main(spec: dict) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoConfig
+
+    from rga.models import LoraSpec
+    from rga.plan import Settings, estimate, model_shape
+
+    torch.set_num_threads(1)
+    cfg = AutoConfig.for_model(**spec["config"])
+    lora = LoraSpec(**spec["lora"]) if spec.get("lora") else None
+    s = Settings(precision=spec["precision"], lora=lora, gradient_checkpointing=spec.get("checkpointing", False),
+                 batch_size=spec["batch"], max_length=spec["length"], task=spec["task"], needs_base=True)
+    est = estimate(model_shape(cfg, 2, lora), s)
+    warm_up(cfg)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        losses = steps(spec, s, cfg, lora)
+    return {"estimate": est.total, "parts": est.parts, "measured": tensor_peak(prof), "losses": losses}
 
 
 if __name__ == "__main__":

@@ -235,3 +235,31 @@ def test_cube_detector_runs_end_to_end(tiny_repo):
     assert scatter[["umap_1", "umap_2"]].std().min() > 0  # a real 2-D embedding, not the oracle's zeros
     oracle = json.loads((root / "metrics" / "detect" / f"{cell}.json").read_text())
     assert oracle["detector"] == "oracle" and oracle["f1"] == 1.0
+
+
+def test_plots_show_leads_with_method_overlays_on_a_utf8_page(tiny_repo, tmp_path):
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    data = json.loads(run(["dvc", "plots", "show", "--json"], root, env).stdout)["data"]
+    overlays = ["PACC over unlearning epochs", "CACC over unlearning epochs", "Poison loss over unlearning epochs",
+                "RGA's adaptive weight lambda"]
+    assert list(data)[:4] == overlays
+    methods = set(ctx["params"]["matrix"]["methods"])
+    pacc = data[overlays[0]][0]["content"]
+    rows = pacc["data"]["values"]
+    assert {r["method"] for r in rows} == methods | {"retrain"}
+    assert {r["cell"] for r in rows} == set(CELLS)
+    assert pacc["facet"]["field"] == "cell" and pacc["spec"]["encoding"]["color"]["field"] == "method"
+    assert {r["method"] for r in data[overlays[3]][0]["content"]["data"]["values"]} <= {"rga", "dga"}
+    # DVCLive's per-metric files are no longer separate plots; the CUBE scatter is coloured by truth
+    assert not [k for k in data if "/plots/metrics/" in k and k.startswith("plots/unlearn/")]
+    cube = data[f"plots/detect/{CELLS[0]}.csv"][0]["content"]
+    assert cube["encoding"]["color"]["field"] == "group" and cube["encoding"]["shape"]["field"] == "flagged"
+    assert {r["group"] for r in cube["data"]["values"]} == {"clean", "poisoned"}
+    # the page: DVC's default declares no charset, so vega's minus signs broke when opened as a file
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "html")], root, env)
+    page = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    head = page[:page.index("</head>")]
+    assert '<meta charset="utf-8">' in head and "<title>rga plots</title>" in head
+    assert page.count("vegaEmbed(") == sum(1 for k in data if not k.endswith(".png"))
+    assert "{plot_divs}" not in page and "{scripts}" not in page

@@ -26,10 +26,9 @@ LLAMA = {"model_type": "llama", "vocab_size": 2000, "hidden_size": 64, "intermed
 
 
 def probe(spec: dict) -> dict:
-    """tests/memprobe.py in a fresh single-threaded process. glibc's mmap threshold is fixed so
-    freed activation buffers return to the system; with its default dynamic threshold the heap
-    kept up to 2x the live bytes resident (measured), which says more about malloc than the model."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
+    """tests/memprobe.py in a fresh single-threaded process: the planner's estimate and the peak
+    bytes of live tensors (torch.profiler's memory timeline; see that file for why not RSS)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, str(REPO / "tests" / "memprobe.py"), json.dumps(spec)], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -44,7 +43,7 @@ def probe(spec: dict) -> dict:
     {"config": BERT, "precision": "amp_bf16", "task": "unlearn", "lora": {"r": 4}},
 ], ids=["bert-fp32-unlearn", "llama-fp32-finetune", "llama-bf16-ckpt-unlearn", "bert-amp-lora-unlearn"])
 def test_estimate_within_30_percent_of_measured_peak(spec):
-    # measured at batch 32 x 128 tokens: ratios 0.87-1.07 on this machine
+    # measured at batch 32 x 128 tokens: ratios 0.81-1.04, the same across oneDNN instruction sets
     res = probe({**spec, "batch": 32, "length": 128, "steps": 2})
     assert res["measured"] > 30 * 2 ** 20  # the step really allocated something to measure
     assert 0.7 <= res["measured"] / res["estimate"] <= 1.3, res
@@ -115,6 +114,21 @@ def test_check_stage_refuses_warns_or_skips(monkeypatch, caplog, tiny_model_dir)
     assert "does NOT fit" in caplog.text
     monkeypatch.setenv("RGA_PLAN", "off")
     assert check_stage(spec, P, "finetune", 2, devices=tight) is None
+
+
+def test_require_fit_ends_a_stage_with_the_report_and_no_traceback(monkeypatch, tiny_model_dir):
+    import rga.plan as plan
+
+    P = {"models": {"tiny": {"path": str(tiny_model_dir), "lr": 1e-3, "epochs": 1, "precision": "fp32"}},
+         "finetune": {"batch_size": 32, "max_length": 128, "eval_batch_size": 64}, "unlearn": {"batch_size": 32}}
+    spec = model_spec("tiny", P)
+    monkeypatch.setattr(plan, "visible_devices", lambda: Devices("cpu", (60 * 2 ** 20,)))
+    with pytest.raises(SystemExit) as exc:
+        plan.require_fit("unlearn tiny-sst2-badnets-0 rga", spec, P, "unlearn", 2, "rga")
+    assert str(exc.value.code).startswith("unlearn tiny-sst2-badnets-0 rga: tiny: unlearn")
+    assert "does NOT fit" in str(exc.value.code) and exc.value.__cause__ is None
+    monkeypatch.setattr(plan, "visible_devices", lambda: Devices("cpu", (8 * GiB,)))
+    assert plan.require_fit("detect", spec, P, "detect", 2) is None
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "qwen3-8b"])

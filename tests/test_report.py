@@ -13,6 +13,7 @@ from rga.io import save_figure
 from rga.report import (
     MissingCellError,
     matrix_cells,
+    overlay_tables,
     plot_confusions,
     plot_curve,
     shift_table,
@@ -273,6 +274,29 @@ def test_plot_curve_labels_lines_and_png(tmp_path):
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert not plt.fignum_exists(fig.number)
     assert [p.name for p in out.parent.iterdir()] == ["curve.png"]  # no temporary file left
+
+
+def test_overlay_tables_one_long_table_per_metric_with_retrain_flat():
+    curves = {
+        "c1": {"ga": pd.DataFrame({"epoch": [0, 1, 2], "pacc": [50.0, np.nan, 20.0], "cacc": [86.0, np.nan, 80.0],
+                                   "lambda": [np.nan] * 3}),
+               "rga": pd.DataFrame({"epoch": [0, 1, 2], "pacc": [50.0, 70.0, 85.0], "cacc": [86.0, np.nan, 84.0],
+                                    "lambda": [1.0, 0.5, 0.01]})},
+        "c2": {"npo": pd.DataFrame({"epoch": [0, 1], "pacc": [40.0, 45.0]})},
+    }
+    retrain = {"c1": {"pacc": 83.0, "cacc": 85.5, "lfr": 10.0}, "c2": {"pacc": 70.0, "cacc": 80.0}}
+    out = overlay_tables(curves, retrain, ("pacc", "cacc", "lambda", "poison_loss"))
+    pacc = out["pacc"]
+    assert list(pacc.columns) == ["cell", "method", "epoch", "pacc"]
+    assert pacc.values.tolist() == [
+        ["c1", "retrain", 0, 83.0], ["c1", "retrain", 1, 83.0], ["c1", "retrain", 2, 83.0],
+        ["c1", "ga", 0, 50.0], ["c1", "ga", 2, 20.0],  # the epoch without a PACC is left out
+        ["c1", "rga", 0, 50.0], ["c1", "rga", 1, 70.0], ["c1", "rga", 2, 85.0],
+        ["c2", "retrain", 0, 70.0], ["c2", "retrain", 1, 70.0],
+        ["c2", "npo", 0, 40.0], ["c2", "npo", 1, 45.0]]
+    assert out["cacc"][out["cacc"]["method"] == "rga"]["epoch"].tolist() == [0, 2]
+    assert out["lambda"].values.tolist() == [["c1", "rga", 0, 1.0], ["c1", "rga", 1, 0.5], ["c1", "rga", 2, 0.01]]
+    assert out["poison_loss"].empty and list(out["poison_loss"].columns) == ["cell", "method", "epoch", "poison_loss"]
 
 
 def test_plot_curve_logy():

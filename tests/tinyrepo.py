@@ -47,5 +47,7 @@ def make_tiny_repo(root: Path, mirror: Path) -> dict:
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
     run(["dvc", "config", "core.analytics", "false"], root, env)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the project's page for `dvc plots show`
+    run(["dvc", "config", "plots.html_template", "plots/page.html"], root, env)
     run([sys.executable, "-m", "rga.profile", "tiny"], root, env)
     return env

@@ -16,23 +16,22 @@ The estimate (bytes) is the sum of
 * **reference**: RGA's θ_base copy on the device (the backbone at the weight dtype; the adapter
   starting values with LoRA). NPO, RGA and DGA also keep the poisoned model's logits on the
   forget set, N_forget × classes × 4 bytes in host memory, never a second model;
-* **activations**: per layer and token ``c_h·hidden + c_i·intermediate`` stored elements (plus
-  ``c_a·heads·length`` for eager attention's score matrices), times batch × length × layers,
-  times bytes per element (4 fp32, 3.2 amp_bf16, 2.5 bf16: norms stay float32), plus
-  :func:`attention_bytes` per score element; the unlearning step holds two batches (forget and
-  retain) at once. With gradient checkpointing each layer keeps only its
-  input, and one layer's activations (plus half a layer of backward temporaries) are rebuilt
-  at a time;
+* **activations**: per layer and token ``c_h·hidden + c_i·intermediate`` stored elements times
+  bytes per element (4 fp32, 3.2 amp_bf16, 2.5 bf16: norms stay float32), plus
+  ``heads·length`` attention-score elements at :func:`attention_bytes` each for eager attention,
+  times batch × length × layers; the unlearning step holds two batches (forget and retain) at
+  once. With gradient checkpointing each layer keeps only its input, and one layer's
+  activations (plus half a layer of backward temporaries) are rebuilt at a time;
 * **workspace**: 1 GiB per GPU for the CUDA context and cuBLAS workspace (checked in
   :func:`fits`). The backward pass's temporaries need no term of their own: they are about as
   large as the activations it frees on the way (measured, ``tests/test_plan.py``).
 
 The coefficients were counted with autograd's saved-tensor hooks on tiny BERT and Llama models
-(``c_h`` 12; ``c_i`` 2 for BERT's GELU MLP, 4 for the gated SiLU MLP of Llama and Qwen3; ``c_a``
-3 with attention dropout, 1 without) and are checked against measured peak memory in
-``tests/test_plan.py`` (CPU: peak resident memory of a fresh process, with glibc's mmap threshold
-fixed so that freed activation buffers go back to the system; without that, glibc's heap kept up
-to twice the live bytes resident in the same measurement) and ``benchmarks/gpu_check.py`` (GPU).
+(``c_h`` 12; ``c_i`` 2 for BERT's GELU MLP, 4 for the gated SiLU MLP of Llama and Qwen3) and are
+checked against measured peaks in ``tests/test_plan.py`` (CPU: the peak bytes of live tensors in
+torch.profiler's memory timeline, the counterpart of ``torch.cuda.max_memory_allocated``; the
+process's resident memory also counts oneDNN's packed weights and the C heap's slack, which
+differ between hosts) and ``benchmarks/gpu_check.py`` (GPU, ``max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -257,14 +256,19 @@ def estimate(shape: Shape, s: Settings) -> Estimate:
 
 def attention_bytes(shape: Shape, s: Settings) -> int:
     """Bytes kept per attention-score element (batch × heads × length²) by eager attention in
-    training: float32 probabilities (softmax runs in float32 under every precision), their bf16
-    copy for the next matmul under bf16, and with attention dropout its mask and output. 0 for
-    the fused kernels used on GPUs (SDPA / flash), which keep no score matrix."""
+    training, fitted to measured peaks (``tests/test_plan.py``). The decoders' eager attention
+    (gated MLP: Llama, Qwen3) upcasts the softmax to float32 under every precision: float32
+    probabilities plus their bf16 copy for the next matmul. BERT's softmax runs in the compute
+    dtype, which CPU autocast leaves at bf16. With attention dropout add its mask and output.
+    0 for the fused kernels used on GPUs (SDPA / flash), which keep no score matrix."""
     if not s.eager_attention:
         return 0
-    if shape.attention_dropout > 0:
-        return 12 if s.precision == "fp32" else 7
-    return 4 if s.precision == "fp32" else 6
+    dropout = shape.attention_dropout > 0
+    if s.precision == "fp32":
+        return 12 if dropout else 4
+    if shape.gated_mlp:
+        return 7 if dropout else 6
+    return 5 if dropout else 2
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,19 @@ def check_stage(spec, params: dict, task: str, num_labels: int, method: str | No
         else:
             raise MemoryPlanError(text + "\n  (set RGA_PLAN=warn to run anyway)")
     return text
+
+
+def require_fit(stage: str, spec, params: dict, task: str, num_labels: int, method: str | None = None) -> None:
+    """:func:`check_stage` for a stage script, run before any weight is loaded: a cell that will
+    not fit ends the process with ``<stage>: <report>`` (exit status 1) instead of a traceback.
+
+    Raises:
+        SystemExit: the estimate exceeds the free memory (and ``RGA_PLAN`` is ``check``).
+    """
+    try:
+        check_stage(spec, params, task, num_labels, method)
+    except MemoryPlanError as err:
+        raise SystemExit(f"{stage}: {err}") from None
 
 
 def main(argv=None) -> int:

@@ -421,6 +421,42 @@ def load_curves(plots_dir: Path, cell: str, methods: list[str]) -> dict[str, pd.
     return out
 
 
+OVERLAY_METRICS = ("pacc", "cacc", "poison_loss", "lambda")
+
+
+def overlay_tables(curves_by_cell: dict[str, dict[str, pd.DataFrame]], retrain: dict[str, dict],
+                   metrics: tuple[str, ...] = OVERLAY_METRICS) -> dict[str, pd.DataFrame]:
+    """Long tables for DVC's overlay plots (top-level ``plots:`` of dvc.yaml, template
+    ``.dvc/plots/methods.json``): one per metric, columns ``cell, method, epoch, <metric>``, one
+    row per epoch a method recorded the metric (CACC only at the record epochs), in cell, method
+    and epoch order. ReTrain, which has no epochs, is a flat line over the cell's epochs at its
+    final value for the metrics it has (PACC, CACC).
+
+    Args:
+        curves_by_cell: cell name -> :func:`load_curves` of that cell (method -> history).
+        retrain: cell name -> ReTrain's metrics (``metrics/unlearn/<cell>-retrain.json``).
+
+    Returns:
+        metric -> table (an empty table with the columns when no method recorded it).
+    """
+    out = {}
+    for metric in metrics:
+        parts = []
+        for cell, curves in curves_by_cell.items():
+            epochs = sorted({int(e) for df in curves.values() for e in df["epoch"]})
+            if metric in retrain.get(cell, {}) and epochs:
+                parts.append(pd.DataFrame({"cell": cell, "method": "retrain", "epoch": epochs,
+                                           metric: float(retrain[cell][metric])}))
+            for method, df in curves.items():
+                if metric in df:
+                    d = df[["epoch", metric]].dropna()
+                    parts.append(pd.DataFrame({"cell": cell, "method": method, "epoch": d["epoch"].astype(int),
+                                               metric: d[metric].astype(float)}))
+        cols = ["cell", "method", "epoch", metric]
+        out[metric] = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+    return out
+
+
 def plot_curve(curves: dict, column: str, cell: str, ylabel: str, title: str, ref: float | None = None,
                logy: bool = False, ylim: tuple[float, float] | None = None):
     """One quantity over unlearning epochs, one line per method (paper Figures 3 and 4)."""
