@@ -1,4 +1,5 @@
-"""report stage: metrics/summary.json, report/table.{md,csv} and report/figures/*.png."""
+"""report stage: metrics/summary.json, report/table.{md,csv}, report/figures/*.png and
+plots/overlay/*.csv (the methods of every cell per metric, read by dvc.yaml's top-level plots)."""
 
 import json
 import shutil

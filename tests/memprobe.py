@@ -42,7 +42,7 @@ def tensor_peak(prof) -> int:
     record_shapes=True, with_stack=True)`` run: the maximum over time of the timeline's
     per-category sizes summed (parameters, gradients, optimizer state, activations, temporaries...)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "timeline.raw.json"
+        path = Path(tmp) / "timeline.json"  # [times, sizes per category] (a .raw.json.gz name gives raw events)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only API
             prof.export_memory_timeline(str(path), device="cpu")
@@ -79,6 +79,7 @@ def steps(spec: dict, s, cfg, lora) -> list[float]:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(5, cfg.vocab_size, (s.batch_size, s.max_length), generator=g)
     mask = torch.ones_like(x)
+    mask[-1, -1] = 0  # one padded position: real batches are padded, and the additive mask's dtype decides the scores'
     y = torch.randint(0, 2, (s.batch_size,), generator=g)
     losses = []
     for _ in range(spec.get("steps", 3)):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rga.launch import LaunchError, Progress, Job, WorkspaceLock, load_settings, plan
+from rga.launch import LaunchError, Progress, Job, WorkspaceLock, _pick, load_settings, plan
 from tinyrepo import GIT_ID, env_for, make_tiny_repo, run
 
 pytestmark = pytest.mark.e2e
@@ -113,6 +113,7 @@ def test_toy_launch_carries_params_and_restores_everything(toy):
     jobs = plan(root)
     assert sorted(jobs) == ["combine", "make@a", "make@b"]
     assert jobs["combine"].upstream == {"make@a", "make@b"}
+    assert [(jobs[n].height, jobs[n].priority) for n in ("make@a", "make@b", "combine")] == [(2, 1), (2, 1), (1, 0)]
     assert sorted(plan(root, ["make@a"])) == ["make@a"]
     with pytest.raises(LaunchError, match=r"unknown target 'nope'; stages: combine, make"):
         plan(root, ["nope"])
@@ -198,6 +199,27 @@ def test_job_environment_gpus_and_slurm_requests(tmp_path, monkeypatch):
     assert (unlearn["partition"], unlearn["mem"], unlearn["cpus_per_task"], unlearn["time"]) == ("gpu", "96G", 8, 240)
     assert unlearn["gpus_per_node"] == 1 and unlearn["additional_parameters"] == {"qos": "high"}
     assert "gpus_per_node" not in attack  # a stage without a model asks for no GPU
+
+
+def test_the_scheduler_starts_the_critical_path_first():
+    # the default DAG's shape: attack -> finetune -> detect -> unlearn x2 -> report, for cells a
+    # and b; cell a is ahead (its unlearn cells are ready), cell b's finetune is ready too
+    def chain(cell):
+        return [Job(f"finetune@{cell}", "finetune", {f"attack@{cell}"}),
+                Job(f"detect@{cell}", "detect", {f"attack@{cell}", f"finetune@{cell}"})] + [
+            Job(f"unlearn@{cell}-{m}", "unlearn", {f"attack@{cell}", f"finetune@{cell}", f"detect@{cell}"})
+            for m in ("ga", "rga")]
+    jobs = {j.name: j for j in chain("a") + chain("b")}
+    jobs["report"] = Job("report", "report", {n for n in jobs})
+    below = {n: [o for o in jobs.values() if n in o.upstream] for n in jobs}
+    for j in sorted(jobs.values(), key=lambda j: len(j.upstream), reverse=True):
+        j.priority, j.height = len(below[j.name]), 1 + max((o.height for o in below[j.name]), default=0)
+    assert [jobs[n].height for n in ("finetune@b", "detect@b", "unlearn@b-ga", "report")] == [4, 3, 2, 1]
+    ready = [jobs["unlearn@a-ga"], jobs["unlearn@a-rga"], jobs["finetune@b"]]
+    have = {"attack@a", "finetune@a", "detect@a"}  # this worker's worktree already holds cell a
+    assert _pick(ready, have).name == "finetune@b"  # the longer chain beats the worktree's affinity
+    assert _pick(ready[:2], have).name == "unlearn@a-ga"  # equal heights: affinity, then name
+    assert _pick([jobs["unlearn@b-rga"], jobs["unlearn@a-rga"]], have).name == "unlearn@a-rga"
 
 
 def test_progress_line_counts_and_eta():

@@ -36,14 +36,24 @@ def probe(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+BERT_NO_DROPOUT = {**BERT, "attention_probs_dropout_prob": 0.0}
+
+
+# one case per branch of attention_bytes: float32 scores with and without dropout, the decoders'
+# float32 softmax, BERT under amp (float32 scores: padded batches), BERT in pure bf16
 @pytest.mark.parametrize("spec", [
     {"config": BERT, "precision": "fp32", "task": "unlearn"},
     {"config": LLAMA, "precision": "fp32", "task": "finetune"},
     {"config": LLAMA, "precision": "bf16", "task": "unlearn", "checkpointing": True},
     {"config": BERT, "precision": "amp_bf16", "task": "unlearn", "lora": {"r": 4}},
-], ids=["bert-fp32-unlearn", "llama-fp32-finetune", "llama-bf16-ckpt-unlearn", "bert-amp-lora-unlearn"])
+    {"config": BERT_NO_DROPOUT, "precision": "amp_bf16", "task": "finetune"},
+    {"config": BERT, "precision": "bf16", "task": "unlearn"},
+    {"config": BERT_NO_DROPOUT, "precision": "bf16", "task": "unlearn"},
+], ids=["bert-fp32-unlearn", "llama-fp32-finetune", "llama-bf16-ckpt-unlearn", "bert-amp-lora-unlearn",
+        "bert-nodropout-amp-finetune", "bert-bf16-unlearn", "bert-nodropout-bf16-unlearn"])
 def test_estimate_within_30_percent_of_measured_peak(spec):
-    # measured at batch 32 x 128 tokens: ratios 0.81-1.04, the same across oneDNN instruction sets
+    # measured at batch 32 x 128 tokens (one padded position): ratios 0.79-1.14, the same across
+    # oneDNN instruction sets
     res = probe({**spec, "batch": 32, "length": 128, "steps": 2})
     assert res["measured"] > 30 * 2 ** 20  # the step really allocated something to measure
     assert 0.7 <= res["measured"] / res["estimate"] <= 1.3, res
@@ -126,7 +136,7 @@ def test_require_fit_ends_a_stage_with_the_report_and_no_traceback(monkeypatch, 
     with pytest.raises(SystemExit) as exc:
         plan.require_fit("unlearn tiny-sst2-badnets-0 rga", spec, P, "unlearn", 2, "rga")
     assert str(exc.value.code).startswith("unlearn tiny-sst2-badnets-0 rga: tiny: unlearn")
-    assert "does NOT fit" in str(exc.value.code) and exc.value.__cause__ is None
+    assert "does NOT fit" in str(exc.value.code) and exc.value.__suppress_context__  # no chained traceback
     monkeypatch.setattr(plan, "visible_devices", lambda: Devices("cpu", (8 * GiB,)))
     assert plan.require_fit("detect", spec, P, "detect", 2) is None
 

@@ -78,7 +78,9 @@ class Job:
         copy_outs: ``cache: false`` outputs of upstream stages that are not stale, copied from
             the workspace into its worktree (DVC keeps them in git, not the cache).
         cacheable: DVC can restore it from the run-cache (no ``persist`` outputs, has deps and outs).
-        priority: how many stale stages depend on it (the scheduler starts those first).
+        priority: how many stale stages depend on it, directly or not.
+        height: stages on the longest chain of stale stages from it to the end of the DAG, itself
+            included (the scheduler starts the highest first: its critical path).
     """
 
     name: str
@@ -94,6 +96,7 @@ class Job:
     handle: object = None
     slot: int | None = None
     priority: int = 0
+    height: int = 1
 
 
 # --------------------------------------------------------------------------- the DAG
@@ -154,8 +157,11 @@ def plan(root: Path, targets: Sequence[str] = ()) -> dict[str, Job]:
             copy_outs = sorted(str(o.def_path) for u in all_ups if u.addressing not in stale
                                for o in u.outs if not o.use_cache)
             jobs[a] = Job(a, a.split("@")[0], ups, _run_cacheable(s), restore=restore, copy_outs=copy_outs)
+        below = {name: [o for o in jobs.values() if name in o.upstream] for name in jobs}
         for job in jobs.values():
-            job.priority = sum(job.name in other.upstream for other in jobs.values())
+            job.priority = len(below[job.name])
+        for job in sorted(jobs.values(), key=lambda j: len(j.upstream), reverse=True):  # dependents first
+            job.height = 1 + max((o.height for o in below[job.name]), default=0)
     return jobs
 
 
@@ -262,41 +268,52 @@ def job_command(job: Job, remote: str) -> list[str]:
 
 
 def run_job(stage: str, restore: Sequence[str] = (), remote: str = "") -> int:
-    """Body of one job, run inside its worktree.
+    """Body of one job, run inside its worktree, through DVC's Python API in this one process
+    (one DVC start and one index per job instead of a ``dvc`` command per step).
 
-    Shared cache: ``dvc checkout`` of ``restore`` (the upstream stages not run in this launch,
-    by the workspace's dvc.lock), then ``dvc repro <stage>``: the upstream stages this launch
+    Shared cache: ``checkout`` of ``restore`` (the upstream stages not run in this launch, by
+    the workspace's dvc.lock), then ``reproduce`` of ``stage``: the upstream stages this launch
     ran are restored from the run-cache, then the stage runs (or is restored too, if it ran
     before with the same dependencies and params). With a remote (no shared file system):
-    ``dvc repro --pull <stage>`` pulls the run-cache and the data it needs from the default
-    remote. Then the stage is saved to the run-cache (:func:`save_run_cache`) and, with a
-    remote, ``dvc push --run-cache``.
+    ``reproduce(pull=True)`` pulls the run-cache and the data it needs from the default remote.
+    Then the stage is saved to the run-cache (:func:`save_run_cache`) and, with a remote,
+    ``dvc push --run-cache``. DVC's log lines go to the job's log as its CLI writes them.
 
     Returns:
-        the exit code of ``dvc repro`` (or of the push), 0 on success. A failed checkout is
-        not fatal: ``dvc repro`` then recomputes what is missing.
+        0 on success, 1 when ``reproduce`` or the save failed (the error is in the log), the
+        push's exit code with a remote. A failed checkout is not fatal: ``reproduce`` then
+        recomputes what is missing.
     """
-    steps = []
-    if remote:
-        steps.append(["dvc", "repro", "--pull", stage])
-    else:
-        if restore:
-            steps.append(["dvc", "checkout", *restore])
-        steps.append(["dvc", "repro", stage])
-    for cmd in steps:
-        print(f"[rga-launch job] $ {' '.join(cmd)}", flush=True)
-        rc = subprocess.call(cmd)
-        if rc != 0 and cmd[1] != "checkout":
-            return rc
-    print(f"[rga-launch job] saving {stage} to the run-cache", flush=True)
-    save_run_cache(Path.cwd(), stage, remote)
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo  # importing dvc sets up its console logging, as its CLI has it
+
+    with Repo(".") as repo:
+        if restore and not remote:
+            print(f"[rga-launch job] dvc checkout {' '.join(restore)}", flush=True)
+            try:
+                repo.checkout(targets=list(restore))
+            except DvcException as err:
+                print(f"[rga-launch job] checkout failed, reproduce will recompute: {err}", flush=True)
+        print(f"[rga-launch job] dvc repro {'--pull ' if remote else ''}{stage}", flush=True)
+        try:
+            ran = repo.reproduce(targets=[stage], pull=bool(remote))
+        except DvcException as err:
+            print(f"[rga-launch job] FAILED: {err}", flush=True)
+            return 1
+        print(f"[rga-launch job] saving {stage} to the run-cache", flush=True)
+        try:
+            save_run_cache(Path.cwd(), stage, remote, repo=repo,
+                           reproduced=next((st for st in ran if st.addressing == stage), None))
+        except DvcException as err:
+            print(f"[rga-launch job] FAILED to save the run-cache entry: {err}", flush=True)
+            return 1
     if remote:
         print(f"[rga-launch job] $ dvc push --run-cache -r {remote}", flush=True)
         return subprocess.call(["dvc", "push", "--run-cache", "-r", remote])
     return 0
 
 
-def save_run_cache(root: Path, stage: str, remote: str = "") -> None:
+def save_run_cache(root: Path, stage: str, remote: str = "", repo=None, reproduced=None) -> None:
     """Save a stage that has just run at ``root`` to DVC's run-cache (``StageCache.save``).
 
     ``dvc repro`` itself skips the run-cache for a stage with a plain ``cache: false`` output
@@ -306,17 +323,34 @@ def save_run_cache(root: Path, stage: str, remote: str = "") -> None:
     these files are small, so each job saves its stage explicitly: a later ``dvc repro``
     restores it ("Stage ... is cached - skipping run, checking out outputs"). With ``remote``,
     the objects of the entry are pushed there too (:func:`push_run_cache_objects`).
+
+    Args:
+        repo: an open ``dvc.repo.Repo`` at ``root`` (default: one is opened).
+        reproduced: the stage object ``Repo.reproduce`` returned for ``stage``, whose outputs
+            are already hashed (saved as is); default: the stage is looked up and hashed again.
+
+    Raises:
+        LaunchError: ``stage`` is not in ``root``'s dvc.yaml.
     """
     from dvc.repo import Repo
 
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        found = [s for s in repo.index.stages if s.addressing == stage]
-        if not found:
-            raise LaunchError(f"stage {stage!r} is not in {root}/dvc.yaml")
+    if repo is None:
+        with contextlib.chdir(root), Repo(str(root)) as opened:
+            return save_run_cache(root, stage, remote, repo=opened)
+    with contextlib.chdir(root):
+        target = reproduced
+        if target is None:
+            found = [s for s in repo.index.stages if s.addressing == stage]
+            if not found:
+                raise LaunchError(f"stage {stage!r} is not in {root}/dvc.yaml")
+            target = found[0]
         with repo.lock:
-            found[0].save(run_cache=True)
+            if reproduced is None:
+                target.save(run_cache=True)
+            else:
+                repo.stage_cache.save(target)
             if remote:
-                push_run_cache_objects(repo, found[0], remote)
+                push_run_cache_objects(repo, target, remote)
 
 
 def push_run_cache_objects(repo, stage, remote: str) -> None:
@@ -797,9 +831,12 @@ def finish(root: Path, targets: Sequence[str] = (), remote: str = "", rerun: Seq
 
 def _pick(ready: list[Job], have: set[str]) -> Job:
     """The next job for a worker whose worktree already holds the stages in ``have``: the one
-    sharing most of its upstream stages with them (nothing to restore), then the one most other
-    stale stages wait for, then by name."""
-    return max(ready, key=lambda j: (len((j.upstream | set(j.restore)) & have), j.priority, [-ord(c) for c in j.name]))
+    on the longest remaining chain of stages (critical path first, so that no long chain is left
+    to run alone at the end while other workers idle), then the one sharing most of its upstream
+    stages with ``have`` (nothing to restore), then the one most other stale stages wait for,
+    then by name."""
+    return max(ready, key=lambda j: (j.height, len((j.upstream | set(j.restore)) & have), j.priority,
+                                     [-ord(c) for c in j.name]))
 
 
 def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs, progress):

@@ -256,19 +256,24 @@ def estimate(shape: Shape, s: Settings) -> Estimate:
 
 def attention_bytes(shape: Shape, s: Settings) -> int:
     """Bytes kept per attention-score element (batch × heads × length²) by eager attention in
-    training, fitted to measured peaks (``tests/test_plan.py``). The decoders' eager attention
-    (gated MLP: Llama, Qwen3) upcasts the softmax to float32 under every precision: float32
-    probabilities plus their bf16 copy for the next matmul. BERT's softmax runs in the compute
-    dtype, which CPU autocast leaves at bf16. With attention dropout add its mask and output.
+    training, fitted to measured peaks of padded batches (``tests/test_plan.py``): the
+    probabilities, and with attention dropout its mask and output, at the scores' dtype.
+
+    * float32 scores: an fp32 model, and BERT under ``amp_bf16``, whose padded batches' float32
+      additive mask promotes autocast's bf16 scores to float32;
+    * the decoders (gated MLP: Llama, Qwen3) upcast the softmax to float32 under every precision
+      and keep its bf16 copy for the next matmul;
+    * BERT in pure ``bf16``: bf16 scores, mask and softmax.
+
     0 for the fused kernels used on GPUs (SDPA / flash), which keep no score matrix."""
     if not s.eager_attention:
         return 0
     dropout = shape.attention_dropout > 0
-    if s.precision == "fp32":
+    if s.precision == "fp32" or (s.precision == "amp_bf16" and not shape.gated_mlp):
         return 12 if dropout else 4
     if shape.gated_mlp:
         return 7 if dropout else 6
-    return 5 if dropout else 2
+    return 6 if dropout else 2
 
 
 @dataclass(frozen=True)

@@ -429,8 +429,9 @@ def overlay_tables(curves_by_cell: dict[str, dict[str, pd.DataFrame]], retrain: 
     """Long tables for DVC's overlay plots (top-level ``plots:`` of dvc.yaml, template
     ``.dvc/plots/methods.json``): one per metric, columns ``cell, method, epoch, <metric>``, one
     row per epoch a method recorded the metric (CACC only at the record epochs), in cell, method
-    and epoch order. ReTrain, which has no epochs, is a flat line over the cell's epochs at its
-    final value for the metrics it has (PACC, CACC).
+    and epoch order. ReTrain, which has no epochs, is a flat line at its final value for the
+    metrics it has (PACC, CACC), over the epochs the cell's methods recorded (none when no method
+    has a history).
 
     Args:
         curves_by_cell: cell name -> :func:`load_curves` of that cell (method -> history).
