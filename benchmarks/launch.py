@@ -95,7 +95,7 @@ def main() -> None:
     clean = all(subprocess.run(["dvc", "status", "-q"], cwd=d, env=base).returncode == 0 for d in (serial, parallel))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"default matrix, {cores} cores: serial dvc repro {t_serial:.0f} s; rga-launch {a.workers} workers x "
-          f"{a.threads} thread(s) {t_launch:.0f} s (incl. its final dvc repro); ratio {t_launch / t_serial:.2f}x "
+          f"{a.threads} thread(s) {t_launch:.0f} s (incl. its final dvc repro); ratio {t_launch / t_serial:.3f}x "
           f"(target <= 0.8x)")
     if not diffs:
         same = "metrics/ and report/ byte-identical"
