@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rga.launch import LaunchError, Progress, Job, WorkspaceLock, _pick, load_settings, plan
+from rga.launch import LaunchError, Progress, Job, WorkspaceLock, _pick, load_settings, plan, rank
 from tinyrepo import GIT_ID, env_for, make_tiny_repo, run
 
 pytestmark = pytest.mark.e2e
@@ -211,9 +211,7 @@ def test_the_scheduler_starts_the_critical_path_first():
             for m in ("ga", "rga")]
     jobs = {j.name: j for j in chain("a") + chain("b")}
     jobs["report"] = Job("report", "report", {n for n in jobs})
-    below = {n: [o for o in jobs.values() if n in o.upstream] for n in jobs}
-    for j in sorted(jobs.values(), key=lambda j: len(j.upstream), reverse=True):
-        j.priority, j.height = len(below[j.name]), 1 + max((o.height for o in below[j.name]), default=0)
+    rank(jobs)
     assert [jobs[n].height for n in ("finetune@b", "detect@b", "unlearn@b-ga", "report")] == [4, 3, 2, 1]
     ready = [jobs["unlearn@a-ga"], jobs["unlearn@a-rga"], jobs["finetune@b"]]
     have = {"attack@a", "finetune@a", "detect@a"}  # this worker's worktree already holds cell a

@@ -157,12 +157,18 @@ def plan(root: Path, targets: Sequence[str] = ()) -> dict[str, Job]:
             copy_outs = sorted(str(o.def_path) for u in all_ups if u.addressing not in stale
                                for o in u.outs if not o.use_cache)
             jobs[a] = Job(a, a.split("@")[0], ups, _run_cacheable(s), restore=restore, copy_outs=copy_outs)
-        below = {name: [o for o in jobs.values() if name in o.upstream] for name in jobs}
-        for job in jobs.values():
-            job.priority = len(below[job.name])
-        for job in sorted(jobs.values(), key=lambda j: len(j.upstream), reverse=True):  # dependents first
-            job.height = 1 + max((o.height for o in below[job.name]), default=0)
+        rank(jobs)
     return jobs
+
+
+def rank(jobs: dict[str, Job]) -> None:
+    """Set each job's ``priority`` (stale stages depending on it) and ``height`` (the longest
+    chain of stale stages from it to the end, itself included), from the jobs' ``upstream`` sets
+    (each holds every stale ancestor, so a dependent always has more of them)."""
+    below = {name: [o for o in jobs.values() if name in o.upstream] for name in jobs}
+    for job in sorted(jobs.values(), key=lambda j: len(j.upstream), reverse=True):  # dependents first
+        job.priority = len(below[job.name])
+        job.height = 1 + max((o.height for o in below[job.name]), default=0)
 
 
 # --------------------------------------------------------------------------- the workspace
