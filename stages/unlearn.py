@@ -24,8 +24,8 @@ from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_mode
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
-from rga.unlearning import (UnlearnConfig, get_method, load_plugins, split_method_section, unlearn,
-                            validate_method_params)
+from rga.unlearning import (UnlearnConfig, get_method, load_plugins, poisoned_anchor, split_method_section,
+                            unlearn, validate_method_params)
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
 stage_threads()
@@ -63,7 +63,10 @@ model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, msp
 # NPO/RGA/DGA's reference is these logits (N_forget x C float32), not a second model
 ref = predict_logits(model, tok, forget["text"].tolist(), ft["eval_batch_size"], ft["max_length"])
 base_state = None
-if method_spec.needs_base and getattr(model, "rga_adapter_init", False) is not False:
+if method_spec.needs_base and method_params.get("anchor") == "poisoned":
+    # rga.anchor: poisoned: the norm term holds the model near the poisoned model it starts from (head included)
+    base_state = poisoned_anchor(model)
+elif method_spec.needs_base and getattr(model, "rga_adapter_init", False) is not False:
     # LoRA: θ_base = the adapters' values when they were created (the base model; head excluded)
     base_state = model.rga_adapter_init
     if base_state is None:
@@ -92,9 +95,13 @@ def evaluate(full: bool):
     return {k: m[k] for k in KEYS}
 
 
-cfg = UnlearnConfig(epochs=U["epochs"], lr=mspec.lr, batch_size=U["batch_size"], max_length=ft["max_length"],
-                    grad_clip=U["grad_clip"], eval_every=U["eval_every"],
-                    record_epochs=tuple(U.get("record_epochs", (10, 20, 30))), seed=args.seed)
+try:
+    cfg = UnlearnConfig(epochs=U["epochs"], lr=mspec.lr, batch_size=U["batch_size"], max_length=ft["max_length"],
+                        grad_clip=U["grad_clip"], eval_every=U["eval_every"],
+                        record_epochs=tuple(U.get("record_epochs", (10, 20, 30))), seed=args.seed,
+                        optimizer_reset=U.get("optimizer_reset", "never"), weight_decay=U.get("weight_decay", 0.0))
+except ValueError as err:
+    sys.exit(f"unlearn: bad params in {args.params}: {err}")
 logger = EpochLogger(ROOT / "plots" / "unlearn" / where,
                      ("pacc", "cacc", "lfr", "trigger_shift", "poison_loss", "retain_loss", "lambda"))
 t0 = time.perf_counter()
@@ -111,7 +118,8 @@ seconds = time.perf_counter() - t0
 at = {str(h["epoch"]): {k: h[k] for k in ("cacc", "lfr", "pacc", "trigger_shift") if k in h}
       for h in history if h["epoch"] in cfg.record_epochs and "pacc" in h}
 train_epochs = [h for h in history if h["epoch"] > 0]
-extra = {"epochs": cfg.epochs, "lr": cfg.lr, "at_epoch": at, "forget_rows": len(forget),
+extra = {"epochs": cfg.epochs, "lr": cfg.lr, "optimizer_reset": cfg.optimizer_reset, "weight_decay": cfg.weight_decay,
+         "at_epoch": at, "forget_rows": len(forget),
          "forget_true_poisoned": int(forget["is_poisoned"].sum()) if known_truth else None, "retain_rows": len(retain),
          "final_poison_loss": history[-1].get("poison_loss"), "final_lambda": history[-1].get("lambda"),
          "params": method_params, "precision": model.rga_precision}
@@ -119,7 +127,8 @@ write_method_result(cell, method, last["metrics"], last["preds"], clean, trig, l
 out = ROOT / "models" / "unlearned" / where
 if save_model:
     card = {"method": method, "display": method_spec.display, "params": method_params, "cell": cell,
-            "unlearn": {k: U[k] for k in ("epochs", "batch_size", "grad_clip") if k in U}, "lr": cfg.lr,
+            "unlearn": {k: U[k] for k in ("epochs", "batch_size", "grad_clip", "optimizer_reset", "weight_decay")
+                        if k in U}, "lr": cfg.lr,
             "metrics": {k: last["metrics"][k] for k in ("cacc", "lfr", "pacc", "trigger_shift")},
             "forget_rows": len(forget), "retain_rows": len(retain),
             "input_checkpoint": {"path": f"models/poisoned/{cell}", **checkpoint_hash(poisoned_model_dir(cell)),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rga.evaluation import (accuracy, backdoor_metrics, cacc, confusion, confusion_rows, delta_pacc,
+from rga.evaluation import (accuracy, backdoor_metrics, cacc, confusion, confusion_rows, delta_pacc, lfr_any,
                             evaluate_model, lfr, lfr_per_class, pacc, trigger_shift)
 from rga.training import predict_logits
 
@@ -56,6 +56,34 @@ def test_lfr_four_class_exact():
     assert per["1"] == 50.0
     assert per["2"] == pytest.approx(200.0 / 3)
     assert per["3"] == pytest.approx(100.0 / 3)
+
+
+def test_lfr_any_counts_every_wrong_label_while_lfr_counts_the_target():
+    # 4 classes, target 0; the trigger moves rows of classes 1-3 mostly to class 2 (not the target)
+    target = 0
+    labels = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3]
+    preds = [0, 2, 2, 2, 0, 1, 2, 2, 2, 2, 3, 0]
+    conf = confusion(preds, labels, 4)
+    # non-target rows: 10; predicted as the target 0: two (a class-1 and a class-3 row) -> 20.0
+    assert lfr(preds, labels, target) == 20.0
+    # wrong at all: class 1 -> 3 of 4, class 2 -> 0 of 2, class 3 -> 3 of 4 -> 6 of 10 -> 60.0
+    assert lfr_any(conf, target) == 60.0
+    # the target rows never count: change them freely
+    assert lfr_any(confusion([3, 3] + preds[2:], labels, 4), target) == 60.0
+    # binary data: the two definitions agree
+    yb, pb = [0, 0, 0, 1, 1], [1, 0, 1, 0, 1]
+    assert lfr_any(confusion(pb, yb, 2), 1) == pytest.approx(lfr(pb, yb, 1)) == pytest.approx(200 / 3)
+    m = backdoor_metrics(labels, labels, preds, labels, target, 4)
+    assert m["lfr_any"] == 60.0 and m["lfr"] == 20.0
+
+
+def test_lfr_any_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"square \[C, C\] matrix, got shape \(2, 3\)"):
+        lfr_any([[1, 2, 3], [4, 5, 6]], 0)
+    with pytest.raises(ValueError, match="target_label 4 out of range; valid: 0..3"):
+        lfr_any(np.zeros((4, 4)), 4)
+    with pytest.raises(ValueError, match="at least one non-target row"):
+        lfr_any([[3, 0], [0, 0]], 0)
 
 
 def test_lfr_per_class_skips_classes_without_rows():
@@ -190,12 +218,12 @@ def test_backdoor_metrics_binary():
     labels_trig = [0, 0, 0, 0, 1, 1, 1, 1]
     preds_trig = [1, 1, 1, 0, 1, 0, 0, 1]
     m = backdoor_metrics(preds_clean, labels_clean, preds_trig, labels_trig, target, 2)
-    assert set(m) == {"cacc", "lfr", "pacc", "lfr_per_class", "confusion_clean", "confusion_triggered",
+    assert set(m) == {"cacc", "lfr", "lfr_any", "pacc", "lfr_per_class", "confusion_clean", "confusion_triggered",
                       "trigger_shift", "shift_class", "confusion_clean_matched"}
     # clean: correct at 0,1,2,4,5,6 -> 6 of 8 -> 75.0
     assert m["cacc"] == 75.0
-    # triggered non-target rows 0..3 predicted 1,1,1,0 -> 3 of 4 -> 75.0
-    assert m["lfr"] == 75.0
+    # triggered non-target rows 0..3 predicted 1,1,1,0 -> 3 of 4 -> 75.0 (binary: any wrong label = the target)
+    assert m["lfr"] == m["lfr_any"] == 75.0
     assert m["lfr_per_class"] == {"0": 75.0}
     # triggered: correct at 3 (0), 4 (1), 7 (1) -> 3 of 8 -> 37.5
     assert m["pacc"] == 37.5

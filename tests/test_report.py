@@ -12,6 +12,7 @@ import pytest
 from rga.io import save_figure
 from rga.report import (
     MissingCellError,
+    lfr_table,
     matrix_cells,
     overlay_tables,
     plot_confusions,
@@ -122,9 +123,16 @@ def test_summary_rows_four_class(tmp_path):
     assert r["npo"]["trigger_shift"] == pytest.approx(20.0)  # class 3: 4/20
     assert r["retrain"]["trigger_shift"] == pytest.approx(5.0)
     assert r["poisoned"]["trigger_shift"] == pytest.approx(0.0)
+    # LFR any wrong label: of the 60 non-target triggered rows only one (class 3 -> 3) is right
+    assert all(row["lfr_any"] == pytest.approx(59 / 60 * 100) and row["num_labels"] == 4 for row in rows)
     # no detect file: detection F1 is None
     assert all(row["detect_f1"] is None for row in rows)
     assert all(row["seed"] == 3 for row in rows)
+    md = lfr_table(rows)
+    assert md.splitlines()[0] == ("| Model | Dataset | Attack | Poisoned LFR / LFR any | ReTrain LFR / LFR any | "
+                                  "GA LFR / LFR any | NPO LFR / LFR any |")
+    assert md.splitlines()[2] == "| minilm | ag | addsent | 97.00 / 98.33 | 3.00 / 98.33 | 1.00 / 98.33 | 2.00 / 98.33 |"
+    assert lfr_table([dict(row, num_labels=2) for row in rows]) == ""  # binary data: no table
 
 
 def test_missing_retrain_raises_naming_the_cell(two_seeds):

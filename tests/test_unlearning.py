@@ -17,8 +17,10 @@ from rga.training import NonFiniteLossError, encode_batch, predict_logits
 from rga.methods.dga import dga_loss
 from rga.methods.ft import ft_loss
 from rga.methods.ga import ga_loss
+from rga.methods.ga_stop import ga_stop_loss
 from rga.methods.npo import npo_loss
-from rga.methods.rga import param_distance, rga_loss
+from rga.methods.retain_norm import retain_norm_loss
+from rga.methods.rga import param_distance, rga_loss, squared_distance
 from rga.methods.simnpo import simnpo_loss
 from rga.unlearning import (
     KL_DIRECTIONS,
@@ -26,13 +28,15 @@ from rga.unlearning import (
     UnlearnConfig,
     builtin_methods,
     count_epoch_rows,
+    epoch_optimizer,
     make_objective,
+    poisoned_anchor,
     rga_weight,
     unlearn,
 )
 
 METHODS = builtin_methods()
-ASCENT_METHODS = ("ga", "npo", "rga", "dga", "simnpo")  # every method that pushes the forget CE up
+ASCENT_METHODS = ("ga", "npo", "rga", "dga", "simnpo", "ga_stop")  # every method that pushes the forget CE up
 
 # ----------------------------------------------------------------------------- data helpers
 
@@ -95,7 +99,7 @@ def _forget_ce(model, fb, yf):
 
 
 def test_builtin_methods_are_the_modules():
-    assert METHODS == ("dga", "ft", "ga", "npo", "rga", "simnpo")
+    assert METHODS == ("dga", "ft", "ga", "ga_stop", "npo", "retain_norm", "rga", "simnpo")
 
 
 @pytest.mark.parametrize("method", ASCENT_METHODS)
@@ -103,7 +107,7 @@ def test_one_sgd_step_raises_forget_ce(tiny_bert_factory, tokenizer, sets, metho
     model, fb, rb, yf, yr, ref = _model_batches(tiny_bert_factory, tokenizer, sets)
     base = [p.detach().clone() for p in model.parameters()]
     own = {"ga": {}, "npo": {"beta": 1.0}, "rga": {"beta": 1.0, "alpha": 2.0}, "dga": {"alpha": 2.0},
-           "simnpo": {"beta": 1.0}}[method]
+           "simnpo": {"beta": 1.0}, "ga_stop": {"stop_epoch": 5}}[method]
     objective = make_objective(method, own)
     before = _forget_ce(model, fb, yf)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -352,6 +356,151 @@ def test_rga_loss_value_by_hand():
     assert logs["lambda"] == pytest.approx(lam, abs=1e-6)
     assert logs["kl"] == pytest.approx(kl_mean, abs=1e-6)
     assert logs["param_distance"] == pytest.approx(5.0)
+
+
+def test_rga_squared_norm_and_its_gradient_by_hand():
+    b = Batch(torch.tensor(ZF), torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF))
+    p1, p2 = torch.tensor([3.0, 4.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
+    b.params, b.base = [p1, p2], [torch.zeros(2), torch.tensor([3.0])]
+    l2, logs2 = rga_loss(b, alpha=2.0, beta=0.05)
+    sq, logs_sq = rga_loss(b, alpha=2.0, beta=0.05, norm="squared")
+    # plain: 0.05 * (5 + 2); squared: 0.05 * (25 + 4); the rest of the loss is the same
+    assert (sq - l2).item() == pytest.approx(0.05 * (29.0 - 7.0), abs=1e-5)
+    assert logs_sq["param_distance"] == logs2["param_distance"] == pytest.approx(7.0)  # always the plain norm
+    assert squared_distance([p1, p2], b.base).item() == pytest.approx(29.0)
+    sq.backward()
+    torch.testing.assert_close(p1.grad, 0.05 * 2 * torch.tensor([3.0, 4.0]))
+    torch.testing.assert_close(p2.grad, 0.05 * 2 * torch.tensor([-2.0]))
+    p1.grad = p2.grad = None
+    l2.backward()  # the plain norm's gradient has length beta per tensor however far the tensor is
+    torch.testing.assert_close(p1.grad, 0.05 * torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(p2.grad, 0.05 * torch.tensor([-1.0]))
+
+
+def test_rga_rejects_unknown_norm_and_anchor():
+    with pytest.raises(ValueError, match=r"rga.norm 'l1'.*l2, squared"):
+        make_objective("rga", {"norm": "l1"})
+    with pytest.raises(ValueError, match=r"rga.anchor 'retrain'.*base, poisoned"):
+        make_objective("rga", {"anchor": "retrain"})
+
+
+def test_poisoned_anchor_copies_every_trainable_tensor_head_included(tiny_bert_factory):
+    model = tiny_bert_factory(seed=3)
+    anchor = poisoned_anchor(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert list(anchor) == names and any(n.startswith("classifier") for n in anchor)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    params, base = U.backbone_pairs(model, anchor)
+    assert len(params) == len(names)
+    # the anchor is a copy: moving the model moves the distance, not the anchor
+    expected = sum(math.sqrt(p.numel()) for p in params)
+    assert param_distance(params, base).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ga_stop_ascends_before_stop_epoch_then_is_retain_only():
+    zf = torch.tensor(ZF, requires_grad=True)
+    zr = torch.tensor(ZR, requires_grad=True)
+    for epoch, ascent in [(1, True), (2, True), (3, False), (30, False)]:
+        zf.grad = zr.grad = None
+        loss, logs = ga_stop_loss(Batch(zf, torch.tensor(YF), zr, torch.tensor(YR), epoch=epoch), stop_epoch=3)
+        expected = ce(ZR, YR) - ce(ZF, YF) if ascent else ce(ZR, YR)
+        assert loss.item() == pytest.approx(expected, abs=1e-6), epoch
+        assert logs["forget_ce"] == pytest.approx(ce(ZF, YF), abs=1e-6)
+        loss.backward()
+        assert (zf.grad is not None and zf.grad.abs().sum() > 0) == ascent
+    with pytest.raises(ValueError, match=r"ga_stop.stop_epoch must be an integer >= 1, got 0"):
+        make_objective("ga_stop", {"stop_epoch": 0})
+
+
+def test_retain_norm_is_rga_with_lambda_zero():
+    zf = torch.tensor(ZF, requires_grad=True)
+    b = Batch(zf, torch.tensor(YF), torch.tensor(ZR), torch.tensor(YR), torch.tensor(REF),
+              [torch.tensor([3.0, 4.0], requires_grad=True)], [torch.zeros(2)])
+    loss, logs = retain_norm_loss(b, beta=0.05)
+    assert loss.item() == pytest.approx(ce(ZR, YR) + 0.05 * 5.0, abs=1e-6)
+    assert logs["param_distance"] == pytest.approx(5.0)
+    assert logs["forget_ce"] == pytest.approx(ce(ZF, YF), abs=1e-6)
+    loss.backward()
+    assert zf.grad is None  # no gradient reaches the forget logits
+    # RGA with α so large that λ underflows to 0 gives the same loss
+    rga, _ = rga_loss(b, alpha=1e9, beta=0.05)
+    assert rga.item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+def _two_param_model():
+    model = torch.nn.Linear(1, 1)  # weight and bias: 2 parameters
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.5)
+    return model
+
+
+def _adam_step(model, opt, x=2.0):
+    opt.zero_grad()
+    (model(torch.tensor([[x]])) ** 2).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    return grads
+
+
+def test_optimizer_reset_epoch_restarts_adam_moments_on_a_two_parameter_model():
+    from rga.training import make_optimizer
+
+    for reset in ("never", "epoch"):
+        model = _two_param_model()
+        cfg = UnlearnConfig(lr=0.1, optimizer_reset=reset, weight_decay=0.0)
+        opt = make_optimizer(model, cfg.lr, weight_decay=cfg.weight_decay)
+        assert epoch_optimizer(opt, model, cfg, 1) is opt  # epoch 1 always uses the optimiser it was given
+        g1 = _adam_step(model, opt)
+        m1 = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+        opt2 = epoch_optimizer(opt, model, cfg, 2)
+        assert (opt2 is opt) == (reset == "never")
+        before = [p.detach().clone() for p in model.parameters()]
+        g2 = _adam_step(model, opt2)
+        for p, b0, m, ga, gb in zip(model.parameters(), before, m1, g1, g2):
+            state = opt2.state[p]
+            if reset == "epoch":  # Adam's first step again: m = (1-β1) g, v = (1-β2) g², |Δθ| = lr
+                assert float(state["step"]) == 1.0
+                torch.testing.assert_close(state["exp_avg"], 0.1 * gb)
+                torch.testing.assert_close(state["exp_avg_sq"], 0.001 * gb ** 2)
+                torch.testing.assert_close((p.detach() - b0).abs(), torch.full_like(b0, 0.1), rtol=1e-4, atol=1e-6)
+            else:  # moments carried over
+                assert float(state["step"]) == 2.0
+                torch.testing.assert_close(state["exp_avg"], 0.9 * m + 0.1 * gb)
+
+
+def test_weight_decay_reaches_the_optimizer_and_bad_values_are_refused():
+    from rga.training import make_optimizer
+
+    model = _two_param_model()
+    cfg = UnlearnConfig(lr=0.1, optimizer_reset="epoch", weight_decay=0.01)
+    opt = epoch_optimizer(make_optimizer(model, cfg.lr, weight_decay=cfg.weight_decay), model, cfg, 3)
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+    with torch.no_grad():  # zero gradient: the step is the decoupled decay alone, θ ← θ(1 − lr·wd)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    assert model.weight.item() == pytest.approx(1.0 * (1 - 0.1 * 0.01), abs=1e-7)
+    with pytest.raises(ValueError, match=r"unknown unlearn.optimizer_reset 'step'; valid choices: never, epoch"):
+        UnlearnConfig(optimizer_reset="step")
+    with pytest.raises(ValueError, match=r"unlearn.weight_decay must be a number in \[0, 1\), got -0.1"):
+        UnlearnConfig(weight_decay=-0.1)
+
+
+def test_unlearn_optimizer_reset_changes_only_epochs_after_the_first(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    final = {}
+    for epochs in (1, 2):
+        for reset in ("never", "epoch"):
+            model = tiny_bert_factory(seed=11)
+            cfg = UnlearnConfig(epochs=epochs, lr=1e-3, batch_size=8, max_length=64, eval_every=1,
+                                record_epochs=(), seed=0, optimizer_reset=reset)
+            unlearn(model, tokenizer, forget[:16], yf[:16], retain, yr, "ga", cfg, progress=False)
+            final[epochs, reset] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(final[1, "never"], final[1, "epoch"])
+    assert not torch.allclose(final[2, "never"], final[2, "epoch"])
 
 
 def test_make_objective_unknown_method_lists_choices():

@@ -2,6 +2,8 @@
 
 - CACC: accuracy on the clean test set.
 - LFR: share of non-target triggered test rows predicted as the target label.
+- lfr_any: share of non-target triggered test rows predicted as any wrong label (the paper
+  authors' evaluation; equal to LFR on binary data).
 - PACC: accuracy on the fully triggered test set (trigger in every class, original labels).
 - delta_pacc: |PACC_ReTrain - PACC_method| (for the same cell and seed).
 - trigger_shift: see :func:`trigger_shift` (beyond the paper).
@@ -55,6 +57,36 @@ def lfr(preds_triggered, labels_triggered, target_label: int) -> float:
     if not keep.any():
         raise ValueError("LFR needs at least one non-target row")
     return float(100.0 * np.mean(p[keep] == target_label))
+
+
+def lfr_any(conf_triggered, target_label: int) -> float:
+    """LFR counting every wrong prediction (%): among triggered rows whose original label is not
+    the target, the share predicted as any label other than their own.
+
+    The paper's text defines LFR as "misclassified as the target class" (:func:`lfr`); the
+    authors' evaluation counts every misclassified non-target row, which is what their Table 2
+    reports for AG-News (its ReTrain LFR, 10.9-11.6 for BERT, is about 100 − ReTrain's PACC,
+    the clean model's error rate, not the share of it that lands on the target class). On
+    binary data the two are equal.
+
+    Args:
+        conf_triggered: [C, C] confusion counts on the fully triggered test set (row = true
+            label, column = predicted), e.g. ``confusion_triggered`` of :func:`backdoor_metrics`.
+        target_label: the attack's target label.
+
+    Raises:
+        ValueError: not a square matrix, ``target_label`` out of range, or no non-target rows.
+    """
+    m = np.asarray(conf_triggered, dtype=float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"conf_triggered must be a square [C, C] matrix, got shape {m.shape}")
+    if not 0 <= target_label < m.shape[0]:
+        raise ValueError(f"target_label {target_label} out of range; valid: 0..{m.shape[0] - 1}")
+    keep = np.arange(m.shape[0]) != target_label
+    total = m[keep].sum()
+    if total == 0:
+        raise ValueError("LFR needs at least one non-target row")
+    return float(100.0 * (total - np.trace(m[np.ix_(keep, keep)])) / total)
 
 
 def lfr_per_class(preds_triggered, labels_triggered, target_label: int, num_labels: int) -> dict:
@@ -134,7 +166,7 @@ def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggere
             when some rows could not be triggered (HiddenKiller rows without a paraphrase).
 
     Returns:
-        dict with ``cacc``, ``lfr``, ``pacc`` (percent), ``lfr_per_class``,
+        dict with ``cacc``, ``lfr``, ``lfr_any``, ``pacc`` (percent), ``lfr_per_class``,
         ``confusion_clean``, ``confusion_triggered`` (lists), ``trigger_shift``, ``shift_class``.
     """
     cm_c = confusion(preds_clean, labels_clean, num_labels)
@@ -147,6 +179,7 @@ def backdoor_metrics(preds_clean, labels_clean, preds_triggered, labels_triggere
     out = {
         "cacc": cacc(preds_clean, labels_clean),
         "lfr": lfr(preds_triggered, labels_triggered, target_label),
+        "lfr_any": lfr_any(cm_t, target_label),
         "pacc": pacc(preds_triggered, labels_triggered),
         "lfr_per_class": lfr_per_class(preds_triggered, labels_triggered, target_label, num_labels),
         "confusion_clean": cm_c.tolist(),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluation import delta_pacc, trigger_shift
+from .evaluation import delta_pacc, lfr_any, trigger_shift
 
 FIXED_DISPLAY = {"poisoned": "Poisoned", "retrain": "ReTrain"}
 
@@ -74,7 +74,8 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
         target_labels: dataset -> target label.
 
     Returns:
-        rows with cacc, lfr, pacc, delta_pacc (= |PACC_ReTrain − PACC_method|), trigger_shift,
+        rows with cacc, lfr, lfr_any (every wrong prediction, :func:`rga.evaluation.lfr_any`),
+        num_labels, pacc, delta_pacc (= |PACC_ReTrain − PACC_method|), trigger_shift,
         delta_trigger_shift (= trigger_shift − ReTrain's, same cell and seed: ReTrain itself
         scores some shift, e.g. on HiddenKiller), the detection scores (detector, precision,
         recall, F1, forget rows and their poisoned rows) and the poisoned model's before values.
@@ -102,7 +103,9 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
             ts = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
                                target_labels[dataset])
             rows.append({"model": model, "dataset": dataset, "attack": attack, "seed": int(seed), "method": m,
-                         "cacc": r["cacc"], "lfr": r["lfr"], "pacc": r["pacc"],
+                         "cacc": r["cacc"], "lfr": r["lfr"],
+                         "lfr_any": lfr_any(r["confusion_triggered"], target_labels[dataset]),
+                         "num_labels": len(r["confusion_triggered"]), "pacc": r["pacc"],
                          "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]),
                          "trigger_shift": ts["trigger_shift"],
                          "delta_trigger_shift": ts["trigger_shift"] - shifts["retrain"],
@@ -365,6 +368,26 @@ def shift_table(rows: list[dict], intervals: dict | None = None) -> str:
             if m not in ("poisoned", "retrain") and "delta_trigger_shift" in gm:
                 text += f" (Δ {gm['delta_trigger_shift'].mean():.2f}{format_interval(ci.get(m, {}).get('delta_trigger_shift'))})"
             cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lfr_table(rows: list[dict]) -> str:
+    """Markdown: both LFR definitions per multi-class cell and method, mean over seeds:
+    ``LFR`` (predicted as the target, the paper's text) and ``LFR any`` (any wrong label, the
+    authors' evaluation, :func:`rga.evaluation.lfr_any`). Empty string when every dataset is
+    binary (the two are then equal)."""
+    df = pd.DataFrame([r for r in rows if r.get("num_labels", 2) > 2])
+    if df.empty:
+        return ""
+    methods = list(dict.fromkeys(["poisoned", "retrain"] + df.method.tolist()))
+    lines = ["| Model | Dataset | Attack | " + " | ".join(f"{display(m)} LFR / LFR any" for m in methods) + " |",
+             "|---|---|---|" + "---:|" * len(methods)]
+    for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
+        cells = [model, dataset, attack]
+        for m in methods:
+            gm = g[g.method == m]
+            cells.append(f"{gm['lfr'].mean():.2f} / {gm['lfr_any'].mean():.2f}" if len(gm) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

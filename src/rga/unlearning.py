@@ -9,6 +9,8 @@ name with :func:`register`; each built-in lives in its own module under ``rga/me
 - ``dga``    (Table 3 ablation): RGA without the norm term
 - ``simnpo`` (Fan et al., 2024): reference-free NPO, CE(retain) − (2/β)·mean log σ(−β·log p_θ(y|x) − γ)
 - ``ft``     retain-only fine-tuning: CE(retain)
+- ``ga_stop`` (control): GA whose ascent stops after epoch ``stop_epoch``, then CE(retain)
+- ``retain_norm`` (control): RGA with λ ≡ 0, CE(retain) + β·Σ_i ‖θ_i − θ_base,i‖₂
 
 Everything else (batching, optimiser, clipping, evaluation, logging) is shared in
 :func:`unlearn`. ReTrain reuses :func:`rga.training.train_classifier` instead. A user's method
@@ -35,6 +37,7 @@ from .training import (NonFiniteLossError, clip_gradients, collate, length_group
                        make_optimizer, progress_bar, set_seed, tokenize_once)
 
 KL_DIRECTIONS = ("poisoned_current", "current_poisoned")
+OPTIMIZER_RESETS = ("never", "epoch")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Batch:
         params: the model's backbone parameters, paired with ``base`` (methods with
             ``needs_base``, e.g. RGA's norm term); empty otherwise.
         base: their base-model values θ_base (same shapes, frozen).
+        epoch: the current unlearning epoch, 1-based (e.g. ``ga_stop`` ends its ascent by it).
     """
 
     forget_logits: torch.Tensor
@@ -60,6 +64,7 @@ class Batch:
     ref_forget_logits: torch.Tensor | None = None
     params: Sequence[torch.Tensor] = ()
     base: Sequence[torch.Tensor] = ()
+    epoch: int = 0
 
 
 # ----------------------------------------------------------------------------- registry
@@ -301,6 +306,11 @@ class UnlearnConfig:
     about 7% slower per epoch on SST-2 (measured on the project's 2-core CPU). Metrics are
     evaluated every ``eval_every`` epochs (PACC and LFR only) and in full (CACC, LFR, PACC,
     trigger shift) at ``record_epochs`` and at the last epoch.
+
+    The optimiser is AdamW with ``weight_decay`` (decoupled, per step: θ ← θ − lr·wd·θ).
+    ``optimizer_reset: never`` keeps one AdamW (its moments and step count) for all epochs;
+    ``epoch`` creates a fresh one at the start of every epoch, so Adam's moments and bias
+    correction restart each epoch, as the paper authors' code does (with weight decay 0.01).
     """
 
     epochs: int = 30
@@ -311,6 +321,37 @@ class UnlearnConfig:
     eval_every: int = 1
     record_epochs: tuple[int, ...] = (10, 20, 30)
     seed: int = 0
+    optimizer_reset: str = "never"
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.optimizer_reset not in OPTIMIZER_RESETS:
+            raise ValueError(f"unknown unlearn.optimizer_reset {self.optimizer_reset!r}; valid choices: "
+                             f"{', '.join(OPTIMIZER_RESETS)}")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not 0 <= self.weight_decay < 1:
+            raise ValueError(f"unlearn.weight_decay must be a number in [0, 1), got {self.weight_decay!r}")
+
+
+def epoch_optimizer(opt: torch.optim.Optimizer, model, cfg: UnlearnConfig, epoch: int) -> torch.optim.Optimizer:
+    """The optimiser for unlearning epoch ``epoch`` (1-based).
+
+    ``cfg.optimizer_reset == "epoch"``: from epoch 2 on, a fresh AdamW (lr ``cfg.lr``, weight
+    decay ``cfg.weight_decay``) with empty moments and step count 0, so the epoch's first step
+    is Adam's bias-corrected first step again (each weight moves by about lr); this is the
+    protocol of the paper authors' code, which builds a new optimiser every epoch.
+    ``"never"``: ``opt`` itself, its moments carried over.
+    """
+    if cfg.optimizer_reset == "epoch" and epoch > 1:
+        return make_optimizer(model, cfg.lr, weight_decay=cfg.weight_decay)
+    return opt
+
+
+def poisoned_anchor(model) -> dict[str, torch.Tensor]:
+    """θ_anchor for ``rga.anchor: poisoned``: a detached copy of every trainable parameter of
+    the model unlearning starts from (the poisoned model, classifier head included), by name, for
+    :func:`backbone_pairs`. P_trainable × bytes per weight of extra memory."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def backbone_pairs(model, base_state: dict[str, torch.Tensor]) -> tuple[list, list]:
@@ -382,7 +423,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         raise ValueError(f"{method} needs the base model's parameters (base_state)")
     params, base = backbone_pairs(model, base_state) if spec.needs_base else ([], [])
     objective = make_objective(method, method_params or {})
-    opt = make_optimizer(model, cfg.lr, weight_decay=0.0)
+    opt = make_optimizer(model, cfg.lr, weight_decay=cfg.weight_decay)
     yf = torch.as_tensor(np.asarray(forget_labels), dtype=torch.long)
     yr = torch.as_tensor(np.asarray(retain_labels), dtype=torch.long)
     ref = torch.as_tensor(ref_forget_logits, dtype=torch.float32) if ref_forget_logits is not None else None
@@ -417,6 +458,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
     desc = f"{method} {where}".strip()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        opt = epoch_optimizer(opt, model, cfg, epoch)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         batches = length_grouped_batches(forget_tokens.lengths, cfg.batch_size, rng)
@@ -429,7 +471,7 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
                 f_logits, r_logits = model(**fb).logits.float(), model(**rb).logits.float()
             out = f_logits.device  # the last layer's device (not the first) when device_map spreads the model
             b = Batch(f_logits, yf[fidx].to(out), r_logits, yr[ridx].to(out),
-                      ref[fidx].to(out) if ref is not None else None, params, base)
+                      ref[fidx].to(out) if ref is not None else None, params, base, epoch)
             loss, logs = objective(b)
             if inject_nan_at_epoch == epoch and step == 0:
                 loss = loss * float("nan")

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 
 from ..unlearning import KL_DIRECTIONS, Batch, register, rga_weight
 
+NORMS = ("l2", "squared")
+ANCHORS = ("base", "poisoned")
+
 
 def param_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ_i ‖θ_i − θ_base,i‖₂ over parameter tensors (plain, not squared, norms; Eq. 6 term iii
@@ -24,12 +27,39 @@ def param_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor])
     return torch.stack([n.float().to(norms[0].device) for n in norms]).sum()  # one device under device_map
 
 
+def squared_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_i ‖θ_i − θ_base,i‖₂² = ‖θ − θ_base‖₂² over all parameter tensors (an L2-SP style
+    penalty; beyond the paper). Differentiable; scalar, 0 when θ = θ_base.
+
+    Its gradient 2(θ − θ_base) shrinks as θ approaches θ_base, whereas the plain norm's
+    gradient (θ_i − θ_base,i)/‖θ_i − θ_base,i‖ has length 1 per tensor however close θ_i is,
+    so the plain norm keeps pulling every tensor toward the base model at a fixed rate.
+    """
+    if not params:
+        return torch.zeros(())
+    diffs = torch._foreach_sub(list(params), list(base))
+    norms = torch._foreach_norm(diffs)
+    return torch.stack([n.float().to(norms[0].device) ** 2 for n in norms]).sum()
+
+
 @register("rga", display="RGA", needs_reference=True, needs_base=True, initial_logs={"lambda": 1.0},
           checks={"alpha": (lambda v: v >= 0, ">= 0"), "beta": (lambda v: v >= 0, ">= 0"),
-                  "kl_direction": KL_DIRECTIONS})
-def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05,
-             kl_direction: str = "poisoned_current") -> tuple[torch.Tensor, dict]:
+                  "kl_direction": KL_DIRECTIONS, "norm": NORMS, "anchor": ANCHORS})
+def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05, kl_direction: str = "poisoned_current",
+             norm: str = "l2", anchor: str = "base") -> tuple[torch.Tensor, dict]:
     """Robust Gradient Ascent, Eq. 6: −λ·CE(forget) + CE(retain) + β·Σ‖θ − θ_base‖₂. Scalar.
+
+    Defaults are the paper's RGA. Two variants, beyond the paper (README "Inside RGA"):
+
+    - ``norm: squared``: the norm term is β·Σ_i ‖θ_i − θ_base,i‖₂² (:func:`squared_distance`);
+      ``l2`` (default) is Eq. 6's plain norm (:func:`param_distance`).
+    - ``anchor: poisoned``: θ_base is the poisoned model at the start of unlearning (every
+      trainable tensor, the classifier head included), so the term holds the model near the
+      fine-tuned weights instead of pulling it back toward the pretrained ones. The stage
+      builds ``b.base`` accordingly; ``base`` (default) is the pretrained model, as in Eq. 6.
+
+    The logged ``param_distance`` is always Σ_i ‖θ_i − θ_anchor,i‖₂ (plain norms), whichever
+    ``norm`` the loss uses.
 
     λ = exp(−α·KL) comes from :func:`rga.unlearning.rga_weight` (Eq. 7, no gradient flows
     through it). ``b.params`` are the backbone parameters that exist in the base model (the
@@ -46,6 +76,6 @@ def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05,
     logs = {"forget_ce": f.item(), "retain_ce": r.item(), "lambda": lam.item(), "kl": kl.item()}
     if beta:
         dist = param_distance(b.params, b.base)
-        loss = loss + beta * dist
+        loss = loss + beta * (dist if norm == "l2" else squared_distance(b.params, b.base))
         logs["param_distance"] = dist.item()
     return loss, logs
