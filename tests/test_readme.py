@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rga.readme import BEGIN, END, ReadmeCheckError, check_readme, render_results, replace_block
+from rga.readme import (BEGIN, END, INSIDE_BEGIN, INSIDE_END, ReadmeCheckError, check_readme, render_inside,
+                        render_results, replace_block)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,21 @@ def test_a_planted_wrong_number_fails_the_check():
 
 def test_missing_markers_and_replacement():
     block = f"{BEGIN}\nGA ΔPACC 1.0\n{END}\n"
-    with pytest.raises(ReadmeCheckError, match="no generated results block"):
+    with pytest.raises(ReadmeCheckError, match="no generated block"):
         check_readme("# README without a block\n", block)
     text = f"intro\n{BEGIN}\nold 2.0\n{END}\noutro\n"
     new = replace_block(text, block)
     assert new == f"intro\n{BEGIN}\nGA ΔPACC 1.0\n{END}\noutro\n"
     check_readme(new, block)
+
+
+def test_readme_inside_rga_table_is_the_committed_experiment_table():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = render_inside(REPO)
+    check_readme(readme, block, INSIDE_BEGIN, INSIDE_END)
+    # a changed number in the copied table fails, naming it
+    i = readme.index(INSIDE_BEGIN)
+    m = re.search(r"\| (\d+\.\d) \| ", readme[i:])
+    wrong = readme[:i + m.start(1)] + "99.9" + readme[i + m.end(1):]
+    with pytest.raises(ReadmeCheckError, match=r"numbers no committed file gives: .*99\.9"):
+        check_readme(wrong, block, INSIDE_BEGIN, INSIDE_END)

@@ -102,6 +102,18 @@ def load(folder: str | None, cell: str, method: str) -> tuple[dict, pd.DataFrame
     return json.loads(mj.read_text()), pd.read_csv(hist)
 
 
+def runs(cell: str, rows) -> tuple[dict, list]:
+    """ReTrain's metrics of ``cell`` and ``(label, method, metrics, history)`` for each of ``rows``
+    (label, folder, method) that exists; GA-stop is taken at the cell's own λ crossing."""
+    rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
+    out = []
+    for label, folder, method in rows:
+        got = load(STOP[cell.split("-")[2]] if method == "ga_stop" else folder, cell, method)
+        if got is not None:
+            out.append((label, folder, method, *got))
+    return rt, out
+
+
 def first_below(hist: pd.DataFrame, eps: float = 0.05):
     if "lambda" not in hist:
         return None
@@ -113,14 +125,10 @@ def first_below(hist: pd.DataFrame, eps: float = 0.05):
 def table(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> pd.DataFrame:
     recs = []
     for cell in cells:
-        rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
-        for label, folder, method in ROWS:
+        rt, found = runs(cell, ROWS)
+        for label, folder, method, mj, hist in found:
             if method == "ga_stop":
                 folder = STOP[cell.split("-")[2]]
-            got = load(folder, cell, method)
-            if got is None:
-                continue
-            mj, hist = got
             at = mj["at_epoch"]
             last = hist.dropna(subset=["retain_loss"]).iloc[-1]
             recs.append({"cell": cell, "setting": label, "method": method, "source": folder or "default run",
@@ -155,19 +163,13 @@ def figures(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    show = [("RGA", None, "rga"), ("DGA", None, "dga"), ("GA", None, "ga"), ("GA-stop", "stop", "ga_stop"),
+    show = [("RGA", None, "rga"), ("DGA", None, "dga"), ("GA", None, "ga"), ("GA-stop", None, "ga_stop"),
             ("Retain+norm", "controls", "retain_norm"), ("RGA squared", "squared", "rga"),
             ("RGA anchor poisoned", "anchor", "rga"), ("RGA authors' protocol", "authors", "rga")]
     for cell in cells:
-        rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
+        rt, found = runs(cell, show)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for label, folder, method in show:
-            if folder == "stop":
-                folder = STOP[cell.split("-")[2]]
-            got = load(folder, cell, method)
-            if got is None:
-                continue
-            _, hist = got
+        for label, _, method, _, hist in found:
             for ax, col in zip(axes, ("cacc", "pacc")):
                 h = hist[hist[col].notna()]
                 ax.plot(h.epoch, h[col], marker="o", ms=3, label=label,
@@ -183,12 +185,39 @@ def figures(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> None:
         plt.close(fig)
 
 
+def detection_table() -> str:
+    """RGA on AddSent seed 1 with CUBE's forget set (precision 0.50) against the true poison."""
+    cell = "minilm-sst2-addsent-1"
+    lines = [f"**{cell}**: RGA with CUBE's forget set and with the true poisoned rows (`detect.detector: oracle`)", "",
+             "| Forget set | Rows (poisoned) | CACC 10 / 20 / 30 | ReTrain CACC | PACC 30 | ΔPACC | LFR | Trigger shift |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, label in (("addsent-1-cube", "CUBE"), ("addsent-1-oracle", "oracle")):
+        d = HERE / name / "metrics"
+        if not (d / "unlearn" / f"{cell}-rga.json").is_file():
+            return ""
+        mj = json.loads((d / "unlearn" / f"{cell}-rga.json").read_text())
+        rt = json.loads((d / "unlearn" / f"{cell}-retrain.json").read_text())
+        cacc = " / ".join(f"{mj['at_epoch'][e]['cacc']:.1f}" for e in ("10", "20", "30"))
+        lines.append(f"| {label} | {mj['forget_rows']} ({mj['forget_true_poisoned']}) | {cacc} | {rt['cacc']:.1f} | "
+                     f"{mj['pacc']:.1f} | {abs(rt['pacc'] - mj['pacc']):.1f} | {mj['lfr']:.1f} | {mj['trigger_shift']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def lfr_section() -> str:
+    """The AG-News experiment's two-LFR table, as its report wrote it."""
+    path = HERE / "ag" / "report" / "table.md"
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    return text[text.index("## LFR on multi-class data"):].replace("## ", "**", 1).replace("\n", "**\n", 1)
+
+
 def main() -> None:
     for name in sys.argv[1:]:
         collect(name)
     df = table()
     write_csv(df, HERE / "table.csv")
-    write_text(markdown(df), HERE / "table.md")
+    write_text(markdown(df) + "\n" + detection_table() + "\n" + lfr_section(), HERE / "table.md")
     figures()
     print(markdown(df))
 
