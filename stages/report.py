@@ -37,6 +37,7 @@ spread = "mean Â± std over %d seeds" % n_seeds if n_seeds > 1 else "1 seed (no Â
 ci = (f"[lo, hi] = {CI_LEVEL:.0f}% paired bootstrap interval ({N_BOOTSTRAP} resamples of the fixed test set's rows"
       + (" and of the seeds" if n_seeds > 1 else "") + "; the same rows for the method and ReTrain)")
 def lfr_section(rows) -> str:
+    """The report's two-LFR section for multi-class cells ("" when every dataset is binary)."""
     text = lfr_table(rows)
     return text and ("\n## LFR on multi-class data, two definitions\n\nLFR = non-target triggered rows predicted "
                      "as the target label (the paper's text); LFR any = predicted as any wrong label (the authors' "

@@ -24,8 +24,8 @@ from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_mode
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
-from rga.unlearning import (UnlearnConfig, get_method, load_plugins, poisoned_anchor, split_method_section,
-                            unlearn, validate_method_params)
+from rga.unlearning import (UnlearnConfig, get_method, load_plugins, split_method_section, unlearn,
+                            validate_method_params)
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
 stage_threads()
@@ -64,8 +64,7 @@ model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, msp
 ref = predict_logits(model, tok, forget["text"].tolist(), ft["eval_batch_size"], ft["max_length"])
 base_state = None
 if method_spec.needs_base and method_params.get("anchor") == "poisoned":
-    # rga.anchor: poisoned: the norm term holds the model near the poisoned model it starts from (head included)
-    base_state = poisoned_anchor(model)
+    pass  # rga.anchor: poisoned: rga.unlearning.unlearn anchors the norm at the poisoned model it starts from
 elif method_spec.needs_base and getattr(model, "rga_adapter_init", False) is not False:
     # LoRA: θ_base = the adapters' values when they were created (the base model; head excluded)
     base_state = model.rga_adapter_init

@@ -51,3 +51,15 @@ def test_readme_inside_rga_table_is_the_committed_experiment_table():
     wrong = readme[:i + m.start(1)] + "99.9" + readme[i + m.end(1):]
     with pytest.raises(ReadmeCheckError, match=r"numbers no committed file gives: .*99\.9"):
         check_readme(wrong, block, INSIDE_BEGIN, INSIDE_END)
+
+
+def test_inside_rga_table_is_what_its_committed_sources_give():
+    """table.md (copied into the README) is rebuilt from the experiment folders and the committed
+    default run's metrics and curves: a stale table, or one edited by hand, fails."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inside_rga_collect", REPO / "experiments" / "inside-rga" / "collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    assert collect.document() == (REPO / "experiments" / "inside-rga" / "table.md").read_text(encoding="utf-8")
+    assert collect.attack_of("llama2-7b-sst2-addsent-1") == "addsent"

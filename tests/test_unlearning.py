@@ -111,7 +111,8 @@ def test_one_sgd_step_raises_forget_ce(tiny_bert_factory, tokenizer, sets, metho
     objective = make_objective(method, own)
     before = _forget_ce(model, fb, yf)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref, list(model.parameters()), base)
+    b = Batch(model(**fb).logits.float(), yf, model(**rb).logits.float(), yr, ref, list(model.parameters()), base,
+              epoch=1)
     loss, logs = objective(b)
     assert logs["forget_ce"] == pytest.approx(before, rel=1e-5)
     opt.zero_grad()
@@ -412,6 +413,68 @@ def test_ga_stop_ascends_before_stop_epoch_then_is_retain_only():
         assert (zf.grad is not None and zf.grad.abs().sum() > 0) == ascent
     with pytest.raises(ValueError, match=r"ga_stop.stop_epoch must be an integer >= 1, got 0"):
         make_objective("ga_stop", {"stop_epoch": 0})
+    with pytest.raises(ValueError, match=r"ga_stop needs the current epoch \(Batch.epoch"):
+        ga_stop_loss(Batch(zf, torch.tensor(YF), zr, torch.tensor(YR)), stop_epoch=3)  # no epoch: refused
+
+
+def _final_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_unlearn_passes_the_epoch_to_ga_stop(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    final = {}
+    for method, params, epochs in [("ga", {}, 1), ("ga_stop", {"stop_epoch": 2}, 1), ("ga", {}, 2),
+                                   ("ga_stop", {"stop_epoch": 2}, 2), ("ga_stop", {"stop_epoch": 3}, 2)]:
+        model = tiny_bert_factory(seed=11)
+        cfg = UnlearnConfig(epochs=epochs, lr=1e-3, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+        unlearn(model, tokenizer, forget[:16], yf[:16], retain, yr, method, cfg, params, progress=False)
+        final[method, params.get("stop_epoch"), epochs] = _final_params(model)
+    assert torch.equal(final["ga", None, 1], final["ga_stop", 2, 1])  # epoch 1 < stop epoch 2: GA
+    assert torch.equal(final["ga", None, 2], final["ga_stop", 3, 2])  # epochs 1, 2 < 3: GA throughout
+    assert not torch.allclose(final["ga", None, 2], final["ga_stop", 2, 2])  # epoch 2 is retain-only
+
+
+def test_unlearn_weight_decay_reaches_the_loop(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    final = {}
+    for wd in (None, 0.0, 0.5):
+        model = tiny_bert_factory(seed=11)
+        extra = {} if wd is None else {"weight_decay": wd}
+        cfg = UnlearnConfig(epochs=1, lr=1e-3, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0,
+                            **extra)
+        unlearn(model, tokenizer, forget[:16], yf[:16], retain, yr, "ga", cfg, progress=False)
+        final[wd] = _final_params(model)
+    assert torch.equal(final[None], final[0.0])  # the default is no weight decay
+    assert not torch.allclose(final[0.0], final[0.5])
+
+
+def test_unlearn_rga_anchor_poisoned_measures_from_the_starting_model(tiny_bert_factory, tokenizer, sets):
+    forget, yf, retain, yr = sets
+    ref = predict_logits(tiny_bert_factory(seed=3), tokenizer, forget, 32, 64)
+    cfg = UnlearnConfig(epochs=1, lr=1e-3, batch_size=8, max_length=64, eval_every=1, record_epochs=(), seed=0)
+    params = {"alpha": 2.0, "beta": 0.05, "anchor": "poisoned"}
+    model = tiny_bert_factory(seed=3)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    history = unlearn(model, tokenizer, forget, yf, retain, yr, "rga", cfg, params, ref_forget_logits=ref,
+                      progress=False)  # no base_state: the anchor is the model itself
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the first step's zero distance is safe
+    moved = sum(float((p.detach() - start[n]).norm()) for n, p in model.named_parameters())
+    # the logged distance is the epoch's mean over steps, from 0 at the first step up to ``moved`` after the last
+    assert 0 < history[1]["param_distance"] < moved
+    with pytest.raises(ValueError, match=r"rga.anchor is 'poisoned'.*base_state must not be given"):
+        unlearn(tiny_bert_factory(seed=3), tokenizer, forget, yf, retain, yr, "rga", cfg, params,
+                ref_forget_logits=ref, base_state=start, progress=False)
+
+
+def test_norms_have_a_finite_zero_gradient_at_the_anchor():
+    p = torch.tensor([1.0, -2.0], requires_grad=True)
+    for fn in (param_distance, squared_distance):
+        p.grad = None
+        d = fn([p], [p.detach().clone()])
+        d.backward()
+        assert d.item() == 0.0
+        assert torch.equal(p.grad, torch.zeros(2))
 
 
 def test_retain_norm_is_rga_with_lambda_zero():

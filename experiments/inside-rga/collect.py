@@ -23,6 +23,7 @@ from rga.io import save_figure, write_csv, write_text  # noqa: E402
 
 
 def git(*args: str) -> str:
+    """Stdout of ``git <args>`` in the repository root (raises CalledProcessError on failure)."""
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
@@ -37,6 +38,9 @@ def exp_ref(name: str) -> str:
 
 
 def collect(name: str) -> None:
+    """Copy experiment ``inside-<name>``'s report, summary, params and, for every cell and method
+    of its matrix, the metrics and per-epoch curves into ``<name>/``, with ``experiment.json``
+    (its commit and the params it changed)."""
     sha = exp_ref(name)
     params = yaml.safe_load(git("show", f"{sha}:params.yaml"))
     m = params["matrix"]
@@ -62,6 +66,7 @@ def collect(name: str) -> None:
 
 
 def flat(d: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for a nested params dict."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -92,7 +97,14 @@ ROWS = [
 STOP = {"badnets": "controls", "addsent": "controls-addsent-stop3"}  # GA-stop at each cell's own crossing
 
 
+def attack_of(cell: str) -> str:
+    """The attack of a cell name ``<model>-<dataset>-<attack>-<seed>`` (model names may hold hyphens)."""
+    return cell.rsplit("-", 2)[1]
+
+
 def load(folder: str | None, cell: str, method: str) -> tuple[dict, pd.DataFrame] | None:
+    """A method's final metrics and per-epoch history on ``cell``, from experiment folder
+    ``folder`` (None: the committed default run); None when that run does not exist."""
     if folder is None:
         mj, hist = ROOT / "metrics" / "unlearn" / f"{cell}-{method}.json", ROOT / "plots" / "unlearn" / f"{cell}-{method}" / "history.csv"
     else:
@@ -108,13 +120,14 @@ def runs(cell: str, rows) -> tuple[dict, list]:
     rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
     out = []
     for label, folder, method in rows:
-        got = load(STOP[cell.split("-")[2]] if method == "ga_stop" else folder, cell, method)
+        got = load(STOP[attack_of(cell)] if method == "ga_stop" else folder, cell, method)
         if got is not None:
             out.append((label, folder, method, *got))
     return rt, out
 
 
-def first_below(hist: pd.DataFrame, eps: float = 0.05):
+def first_below(hist: pd.DataFrame, eps: float = 0.05) -> int | None:
+    """The first epoch whose mean λ is below ``eps`` (None: no λ logged, or never below)."""
     if "lambda" not in hist:
         return None
     h = hist[(hist.epoch > 0) & hist["lambda"].notna()]
@@ -123,12 +136,14 @@ def first_below(hist: pd.DataFrame, eps: float = 0.05):
 
 
 def table(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> pd.DataFrame:
+    """One row per cell and setting of :data:`ROWS` that exists: CACC at epochs 10/20/30,
+    ReTrain's CACC, final PACC, ΔPACC, LFR, trigger shift, λ's crossing epoch, distance."""
     recs = []
     for cell in cells:
         rt, found = runs(cell, ROWS)
         for label, folder, method, mj, hist in found:
             if method == "ga_stop":
-                folder = STOP[cell.split("-")[2]]
+                folder = STOP[attack_of(cell)]
             at = mj["at_epoch"]
             last = hist.dropna(subset=["retain_loss"]).iloc[-1]
             recs.append({"cell": cell, "setting": label, "method": method, "source": folder or "default run",
@@ -141,6 +156,7 @@ def table(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> pd.DataFr
 
 
 def markdown(df: pd.DataFrame) -> str:
+    """The README table of :func:`table`, one block per cell."""
     lines = []
     for cell, g in df.groupby("cell", sort=False):
         rt = g.retrain_cacc.iloc[0]
@@ -158,6 +174,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def figures(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> None:
+    """``figures/<cell>-controls.png``: CACC and PACC over epochs, RGA beside its controls and variants."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,12 +229,17 @@ def lfr_section() -> str:
     return text[text.index("## LFR on multi-class data"):].replace("## ", "**", 1).replace("\n", "**\n", 1)
 
 
+def document() -> str:
+    """The whole ``table.md``: the ablation table, the AddSent seed-1 table and the AG LFR table."""
+    return markdown(table()) + "\n" + detection_table() + "\n" + lfr_section()
+
+
 def main() -> None:
     for name in sys.argv[1:]:
         collect(name)
     df = table()
     write_csv(df, HERE / "table.csv")
-    write_text(markdown(df) + "\n" + detection_table() + "\n" + lfr_section(), HERE / "table.md")
+    write_text(document(), HERE / "table.md")
     figures()
     print(markdown(df))
 

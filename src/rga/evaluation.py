@@ -2,8 +2,8 @@
 
 - CACC: accuracy on the clean test set.
 - LFR: share of non-target triggered test rows predicted as the target label.
-- lfr_any: share of non-target triggered test rows predicted as any wrong label (the paper
-  authors' evaluation; equal to LFR on binary data).
+- lfr_any: LFR (any wrong label): share of non-target triggered test rows predicted as any
+  wrong label (what the paper's Table 2 reports for AG-News, inferred; equal to LFR on binary data).
 - PACC: accuracy on the fully triggered test set (trigger in every class, original labels).
 - delta_pacc: |PACC_ReTrain - PACC_method| (for the same cell and seed).
 - trigger_shift: see :func:`trigger_shift` (beyond the paper).
@@ -63,11 +63,11 @@ def lfr_any(conf_triggered, target_label: int) -> float:
     """LFR counting every wrong prediction (%): among triggered rows whose original label is not
     the target, the share predicted as any label other than their own.
 
-    The paper's text defines LFR as "misclassified as the target class" (:func:`lfr`); the
-    authors' evaluation counts every misclassified non-target row, which is what their Table 2
-    reports for AG-News (its ReTrain LFR, 10.9-11.6 for BERT, is about 100 − ReTrain's PACC,
-    the clean model's error rate, not the share of it that lands on the target class). On
-    binary data the two are equal.
+    The paper's text (§6.1) defines LFR as "misclassified as the target class" (:func:`lfr`).
+    The AG-News rows of its Table 2 are consistent with this definition rather than that one
+    (inferred from the numbers: BERT's ReTrain LFR there, 10.93 and 11.55, is about 100 − its
+    PACC, 89.63 and 89.3, i.e. the clean model's whole error rate, not the share of it that
+    lands on the target class). On binary data the two are equal.
 
     Args:
         conf_triggered: [C, C] confusion counts on the fully triggered test set (row = true

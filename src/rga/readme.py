@@ -134,27 +134,35 @@ def render_results(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-RECORD_EPOCHS = ("10", "20", "30")
-UTILITY_MARGIN = 3.0  # issue 13's target: RGA's CACC within 3 points of ReTrain's at every record epoch (mean over seeds)
+UTILITY_MARGIN = 3.0  # issue 13's target: RGA's CACC no more than 3 points below ReTrain's at every record epoch
 
 
 def rga_utility_line(src: Path, model: str, dataset: str, attacks: list[str], seeds: list[int]) -> str:
-    """One bullet: RGA's CACC at epochs 10, 20, 30 (mean over seeds, from each seed's
-    ``metrics/unlearn/<cell>-rga.json`` ``at_epoch``) against ReTrain's, and whether it stays
-    within :data:`UTILITY_MARGIN` points at all three (README "Inside RGA")."""
+    """One bullet: RGA's CACC at each record epoch (mean over seeds, from each seed's
+    ``metrics/unlearn/<cell>-rga.json`` ``at_epoch``) against ReTrain's, and whether it is no
+    more than :data:`UTILITY_MARGIN` points below ReTrain at all of them (issue 13's target,
+    set on BadNets and AddSent; README "Inside RGA").
+
+    Raises:
+        FileNotFoundError: a seed's RGA or ReTrain metrics file is missing.
+        ValueError: the seeds' metrics do not share their record epochs.
+    """
     parts, held = [], []
     for a in attacks:
         runs = [json.loads((src / "metrics" / "unlearn" / f"{model}-{dataset}-{a}-{s}-rga.json").read_text())
                 for s in seeds]
+        epochs = sorted(runs[0]["at_epoch"], key=int)
+        if any(sorted(r["at_epoch"], key=int) != epochs for r in runs):
+            raise ValueError(f"{a}: the seeds' RGA metrics record different epochs")
         retrain = sum(json.loads((src / "metrics" / "unlearn" / f"{model}-{dataset}-{a}-{s}-retrain.json")
                                  .read_text())["cacc"] for s in seeds) / len(seeds)
-        means = [sum(r["at_epoch"][e]["cacc"] for r in runs) / len(runs) for e in RECORD_EPOCHS]
+        means = [sum(r["at_epoch"][e]["cacc"] for r in runs) / len(runs) for e in epochs]
         held.append(all(m >= retrain - UTILITY_MARGIN for m in means))
         parts.append(f"{a} {' / '.join(f'{m:.1f}' for m in means)} (ReTrain {retrain:.1f})")
-    verdict = ("within" if all(held) else "not always within")
-    return (f"* **RGA's utility over epochs**: CACC at epochs {', '.join(RECORD_EPOCHS)}, mean over the seeds: "
-            + "; ".join(parts) + f" — {verdict} {UTILITY_MARGIN:.0f} points of ReTrain at every record epoch. "
-            "What each part of RGA does: [Inside RGA](#inside-rga).")
+    verdict = "no more than" if all(held) else "not always within"
+    return (f"* **RGA's utility over epochs**: CACC at epochs {', '.join(epochs)}, mean over the seeds: "
+            + "; ".join(parts) + f" — {verdict} {UTILITY_MARGIN:.0f} points below ReTrain at every record epoch "
+            "(issue 13's target on these two attacks). What each part of RGA does: [Inside RGA](#inside-rga).")
 
 
 def render_inside(root: Path) -> str:

@@ -9,7 +9,7 @@ name with :func:`register`; each built-in lives in its own module under ``rga/me
 - ``dga``    (Table 3 ablation): RGA without the norm term
 - ``simnpo`` (Fan et al., 2024): reference-free NPO, CE(retain) − (2/β)·mean log σ(−β·log p_θ(y|x) − γ)
 - ``ft``     retain-only fine-tuning: CE(retain)
-- ``ga_stop`` (control): GA whose ascent stops after epoch ``stop_epoch``, then CE(retain)
+- ``ga_stop`` (control): GA in the epochs before ``stop_epoch``, CE(retain) from it on
 - ``retain_norm`` (control): RGA with λ ≡ 0, CE(retain) + β·Σ_i ‖θ_i − θ_base,i‖₂
 
 Everything else (batching, optimiser, clipping, evaluation, logging) is shared in
@@ -54,7 +54,8 @@ class Batch:
         params: the model's backbone parameters, paired with ``base`` (methods with
             ``needs_base``, e.g. RGA's norm term); empty otherwise.
         base: their base-model values θ_base (same shapes, frozen).
-        epoch: the current unlearning epoch, 1-based (e.g. ``ga_stop`` ends its ascent by it).
+        epoch: the current unlearning epoch, 1-based, set by :func:`unlearn` (``ga_stop`` ends
+            its ascent by it); None outside the loop.
     """
 
     forget_logits: torch.Tensor
@@ -64,7 +65,7 @@ class Batch:
     ref_forget_logits: torch.Tensor | None = None
     params: Sequence[torch.Tensor] = ()
     base: Sequence[torch.Tensor] = ()
-    epoch: int = 0
+    epoch: int | None = None
 
 
 # ----------------------------------------------------------------------------- registry
@@ -310,7 +311,8 @@ class UnlearnConfig:
     The optimiser is AdamW with ``weight_decay`` (decoupled, per step: θ ← θ − lr·wd·θ).
     ``optimizer_reset: never`` keeps one AdamW (its moments and step count) for all epochs;
     ``epoch`` creates a fresh one at the start of every epoch, so Adam's moments and bias
-    correction restart each epoch, as the paper authors' code does (with weight decay 0.01).
+    correction restart each epoch, as issue 13 reports of the paper authors' code (with weight
+    decay 0.01; not checked against that code here).
     """
 
     epochs: int = 30
@@ -339,7 +341,7 @@ def epoch_optimizer(opt: torch.optim.Optimizer, model, cfg: UnlearnConfig, epoch
     ``cfg.optimizer_reset == "epoch"``: from epoch 2 on, a fresh AdamW (lr ``cfg.lr``, weight
     decay ``cfg.weight_decay``) with empty moments and step count 0, so the epoch's first step
     is Adam's bias-corrected first step again (each weight moves by about lr); this is the
-    protocol of the paper authors' code, which builds a new optimiser every epoch.
+    protocol issue 13 reports of the paper authors' code (a new optimiser every epoch).
     ``"never"``: ``opt`` itself, its moments carried over.
     """
     if cfg.optimizer_reset == "epoch" and epoch > 1:
@@ -392,7 +394,9 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         cfg: :class:`UnlearnConfig`.
         method_params: ``npo``/``rga``/``dga`` section of params (β, α, kl_direction).
         ref_forget_logits: [N_f, C] poisoned-model logits on the forget rows, computed once.
-        base_state: name -> θ_base tensor, for RGA's norm term.
+        base_state: name -> θ_base tensor, for RGA's norm term. Must be None when the method's
+            params say ``anchor: poisoned``: θ_anchor is then a copy of ``model`` as it is now
+            (:func:`poisoned_anchor`).
         evaluate: ``evaluate(full)`` returns metrics of the current model: all of them
             (cacc/lfr/pacc/trigger_shift) when ``full`` is true (record epochs, last epoch,
             epoch 0), else at least PACC (the clean test set need not be re-scored where only
@@ -411,6 +415,8 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
     Raises:
         NonFiniteLossError: a non-finite loss; names method, cell and epoch. Records of the
             epochs before it have already been passed to ``on_epoch_end``.
+        ValueError: an empty forget set, a missing reference or ``base_state``, ``base_state``
+            given with ``anchor: poisoned``, or bad method params (see :func:`validate_method_params`).
     """
     spec = get_method(method)
     if len(forget_texts) == 0:
@@ -419,10 +425,16 @@ def unlearn(model, tokenizer, forget_texts: Sequence[str], forget_labels: Sequen
         raise ValueError(f"{method} needs the poisoned model's reference logits on the forget set")
     set_seed(cfg.seed)
     device = next(model.parameters()).device
+    full_params = validate_method_params(method, method_params or {})
+    if spec.needs_base and full_params.get("anchor") == "poisoned":
+        if base_state:
+            raise ValueError(f"{method}.anchor is 'poisoned': the norm is measured from the model unlearning starts "
+                             "from, so base_state must not be given (it would be ignored)")
+        base_state = poisoned_anchor(model)
     if spec.needs_base and not base_state:
         raise ValueError(f"{method} needs the base model's parameters (base_state)")
     params, base = backbone_pairs(model, base_state) if spec.needs_base else ([], [])
-    objective = make_objective(method, method_params or {})
+    objective = make_objective(method, full_params)
     opt = make_optimizer(model, cfg.lr, weight_decay=cfg.weight_decay)
     yf = torch.as_tensor(np.asarray(forget_labels), dtype=torch.long)
     yr = torch.as_tensor(np.asarray(retain_labels), dtype=torch.long)

@@ -19,8 +19,12 @@ def ga_stop_loss(b: Batch, stop_epoch: int = 5) -> tuple[torch.Tensor, dict]:
     then fine-tuning on the retain set" (default 5: SST-2 BadNets seed 0, where RGA's λ is
     0.050 in epoch 4 and 0.011 in epoch 5). ``stop_epoch`` 1 is FT.
 
-    Raises (at params validation): ValueError if ``stop_epoch`` is not an integer ≥ 1.
+    Raises:
+        ValueError: ``stop_epoch`` is not an integer ≥ 1 (at params validation), or ``b.epoch``
+            is None (a batch built outside :func:`rga.unlearning.unlearn`, which sets it).
     """
+    if b.epoch is None:
+        raise ValueError("ga_stop needs the current epoch (Batch.epoch, 1-based), which rga.unlearning.unlearn sets")
     r = F.cross_entropy(b.retain_logits, b.retain_labels)
     if b.epoch < stop_epoch:
         f = F.cross_entropy(b.forget_logits, b.forget_labels)

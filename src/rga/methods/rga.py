@@ -55,8 +55,9 @@ def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05, kl_direction: str
       ``l2`` (default) is Eq. 6's plain norm (:func:`param_distance`).
     - ``anchor: poisoned``: θ_base is the poisoned model at the start of unlearning (every
       trainable tensor, the classifier head included), so the term holds the model near the
-      fine-tuned weights instead of pulling it back toward the pretrained ones. The stage
-      builds ``b.base`` accordingly; ``base`` (default) is the pretrained model, as in Eq. 6.
+      fine-tuned weights instead of pulling it back toward the pretrained ones.
+      :func:`rga.unlearning.unlearn` builds ``b.base`` from the model itself
+      (:func:`rga.unlearning.poisoned_anchor`); ``base`` (default) is the pretrained model, as in Eq. 6.
 
     The logged ``param_distance`` is always Σ_i ‖θ_i − θ_anchor,i‖₂ (plain norms), whichever
     ``norm`` the loss uses.
