@@ -355,13 +355,24 @@ def test_parameter_sweep_through_the_dvc_queue(reference, tmp_path):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "results"], root, env)
     run(["dvc", "exp", "run", "--queue", "-S", "npo.beta=0.5,2"], root, env)
-    run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+    # `dvc queue start` leaves daemon workers behind that inherit its stdout and stderr. With pipes
+    # there (as `run` captures) the call would wait until the last worker exits, and one worker
+    # has been seen to hang in its shutdown for many minutes after both tasks succeeded; so its
+    # output goes to a file, and the workers are stopped at the end.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, check=True, timeout=300)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            status = run(["dvc", "queue", "status"], root, env).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+    finally:
+        with open(tmp_path / "queue-stop.log", "w") as log:
+            subprocess.run(["dvc", "queue", "stop"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           timeout=120, check=False)
     assert status.count("Success") == 2, status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     exps = [e for rev in shown for exp in (rev.get("experiments") or []) for e in exp["revs"]]
