@@ -115,12 +115,14 @@ def load(folder: str | None, cell: str, method: str) -> tuple[dict, pd.DataFrame
 
 
 def runs(cell: str, rows) -> tuple[dict, list]:
-    """ReTrain's metrics of ``cell`` and ``(label, method, metrics, history)`` for each of ``rows``
-    (label, folder, method) that exists; GA-stop is taken at the cell's own λ crossing."""
+    """ReTrain's metrics of ``cell`` and ``(label, folder, method, metrics, history)`` for each of
+    ``rows`` (label, folder, method) that exists; GA-stop is taken at the cell's own λ crossing
+    (its folder in the result is that run's)."""
     rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
     out = []
     for label, folder, method in rows:
-        got = load(STOP[attack_of(cell)] if method == "ga_stop" else folder, cell, method)
+        folder = STOP[attack_of(cell)] if method == "ga_stop" else folder
+        got = load(folder, cell, method)
         if got is not None:
             out.append((label, folder, method, *got))
     return rt, out
@@ -142,8 +144,6 @@ def table(cells=("minilm-sst2-badnets-0", "minilm-sst2-addsent-0")) -> pd.DataFr
     for cell in cells:
         rt, found = runs(cell, ROWS)
         for label, folder, method, mj, hist in found:
-            if method == "ga_stop":
-                folder = STOP[attack_of(cell)]
             at = mj["at_epoch"]
             last = hist.dropna(subset=["retain_loss"]).iloc[-1]
             recs.append({"cell": cell, "setting": label, "method": method, "source": folder or "default run",

@@ -13,18 +13,27 @@ NORMS = ("l2", "squared")
 ANCHORS = ("base", "poisoned")
 
 
+def tensor_norms(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[n_tensors] float32: ‖θ_i − θ_base,i‖₂ per parameter tensor, on one device (the first
+    norm's, so it also works under device_map). Differentiable w.r.t. ``params``; empty [0] for
+    no tensors.
+
+    Computed in one fused pass (``torch._foreach_sub`` / ``torch._foreach_norm``) instead of a
+    Python loop over hundreds of tensors; :func:`param_distance` and :func:`squared_distance`
+    reduce it.
+    """
+    if not params:
+        return torch.zeros(0)
+    diffs = torch._foreach_sub(list(params), list(base))
+    norms = torch._foreach_norm(diffs)
+    return torch.stack([n.float().to(norms[0].device) for n in norms])
+
+
 def param_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ_i ‖θ_i − θ_base,i‖₂ over parameter tensors (plain, not squared, norms; Eq. 6 term iii
     applied per tensor as in the authors' implementation). Differentiable w.r.t. ``params``.
-
-    Computed in one fused pass (``torch._foreach_sub`` / ``torch._foreach_norm``) instead of a
-    Python loop over hundreds of tensors. Returns a scalar (0 when θ = θ_base).
-    """
-    if not params:
-        return torch.zeros(())
-    diffs = torch._foreach_sub(list(params), list(base))
-    norms = torch._foreach_norm(diffs)
-    return torch.stack([n.float().to(norms[0].device) for n in norms]).sum()  # one device under device_map
+    Returns a scalar (0 when θ = θ_base or there are no tensors)."""
+    return tensor_norms(params, base).sum()
 
 
 def squared_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -35,11 +44,7 @@ def squared_distance(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor
     gradient (θ_i − θ_base,i)/‖θ_i − θ_base,i‖ has length 1 per tensor however close θ_i is,
     so the plain norm keeps pulling every tensor toward the base model at a fixed rate.
     """
-    if not params:
-        return torch.zeros(())
-    diffs = torch._foreach_sub(list(params), list(base))
-    norms = torch._foreach_norm(diffs)
-    return torch.stack([n.float().to(norms[0].device) ** 2 for n in norms]).sum()
+    return (tensor_norms(params, base) ** 2).sum()
 
 
 @register("rga", display="RGA", needs_reference=True, needs_base=True, initial_logs={"lambda": 1.0},
@@ -76,7 +81,8 @@ def rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05, kl_direction: str
     loss = -lam * f + r
     logs = {"forget_ce": f.item(), "retain_ce": r.item(), "lambda": lam.item(), "kl": kl.item()}
     if beta:
-        dist = param_distance(b.params, b.base)
-        loss = loss + beta * (dist if norm == "l2" else squared_distance(b.params, b.base))
+        norms = tensor_norms(b.params, b.base)  # one pass serves the loss and the logged distance
+        dist = norms.sum()
+        loss = loss + beta * (dist if norm == "l2" else (norms ** 2).sum())
         logs["param_distance"] = dist.item()
     return loss, logs
