@@ -12,7 +12,12 @@ Measures, all on this CPU in the same process:
 * one (steady-state: median of epochs 3-6) RGA unlearning epoch on ``--forget`` forget rows (BadNets-triggered negatives) with
   retain batches from the other rows: ``rga.unlearning.unlearn`` (eager attention on CPU,
   tokenised once, fused AdamW) against the previous epoch (float32, sdpa attention, tokenised
-  per batch, unfused AdamW).
+  per batch, unfused AdamW, autograd's norm backward).
+The fine-tuning and inference figures run in this process, with
+:func:`rga.pipeline.tune_cpu_allocator` applied as every stage applies it. Each unlearning
+figure runs in a fresh process, as an unlearn stage does; the baselines run with glibc's default
+allocator (``RGA_MALLOC_TUNING=0``), as main had before the speed work, and rga's epoch is timed
+a second time with that allocator: the gain of the allocator tuning on its own.
 Each figure is printed with its ratio to the baseline, the model's FLOPs per sample (2 x
 non-embedding parameters x tokens, plus attention; training = 3 x forward) and the share of the
 measured peak that it reaches. Targets (issue 11): >= 90 samples/s, >= 400 sentences/s, <= 1.5 s.
@@ -21,8 +26,11 @@ Not a test: the numbers depend on the machine and on what else runs on it.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -31,9 +39,10 @@ import torch.nn.functional as F
 
 from rga.data import read_csv_split
 from rga.models import PYPI_MINILM, load_classifier, resolve_path
+from rga.pipeline import tune_cpu_allocator
 from rga.training import (TrainConfig, encode_batch, length_grouped_batches, predict_logits, set_seed,
                           token_lengths, train_classifier)
-from rga.unlearning import Batch, UnlearnConfig, make_objective, unlearn
+from rga.unlearning import Batch, UnlearnConfig, rga_weight, unlearn
 
 p = argparse.ArgumentParser()
 p.add_argument("--rows", type=int, default=640)
@@ -41,7 +50,9 @@ p.add_argument("--forget", type=int, default=100)
 p.add_argument("--repeats", type=int, default=2, help="best of N for each timed figure")
 p.add_argument("--threads", type=int, default=int(os.environ.get("RGA_THREADS", 0)) or torch.get_num_threads())
 p.add_argument("--data", default=os.path.join(os.environ.get("RGA_DATA_MIRROR", "../shared/data"), "sst2", "train.csv"))
+p.add_argument("--child", choices=("baseline", "unlearn", "baseline-unlearn"), help=argparse.SUPPRESS)  # internal
 a = p.parse_args()
+tuned = tune_cpu_allocator()  # as every stage does (False where the environment opts out)
 torch.set_num_threads(a.threads)
 CPU = torch.device("cpu")
 df = read_csv_split(a.data, 2).sample(n=a.rows + 2000, random_state=0)
@@ -60,8 +71,9 @@ def gemm_gflops(m, k, n, dtype, seconds=1.0):
     return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
 
 
-peak = {name: max(gemm_gflops(2048, 2048, 2048, dt), gemm_gflops(1024, 384, 1536, dt))
-        for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+def measure_peak():
+    return {name: max(gemm_gflops(2048, 2048, 2048, dt), gemm_gflops(1024, 384, 1536, dt))
+            for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 def fresh(precision, baseline=False):
@@ -88,7 +100,6 @@ def forward_flops(tokens: float) -> float:
 
 
 fwd = forward_flops(mean_tokens)
-peak_used = peak["bf16" if precision == "amp_bf16" else "fp32"]
 
 
 def best(fn):
@@ -172,13 +183,23 @@ def ours_unlearn_epoch():
     return statistics.median(h["seconds"] for h in hist[1 + UL_WARMUP:])
 
 
+def baseline_rga_loss(b: Batch, alpha: float = 2.0, beta: float = 0.05):
+    """RGA's loss (Eq. 6) as main computed it before the speed work: autograd's norm backward."""
+    lam, _ = rga_weight(b.forget_logits, b.ref_forget_logits, alpha, "poisoned_current")
+    norms = torch._foreach_norm(torch._foreach_sub(list(b.params), list(b.base)))
+    dist = torch.stack(norms).sum()
+    return -lam * F.cross_entropy(b.forget_logits, b.forget_labels) + F.cross_entropy(b.retain_logits, b.retain_labels) \
+        + beta * dist, {}
+
+
 def baseline_unlearn_epoch():
-    """main before the speed work: float32, sdpa attention, per-batch tokenisation, unfused AdamW."""
+    """main before the speed work: float32, sdpa attention, per-batch tokenisation, unfused AdamW,
+    autograd's norm backward."""
     from rga.unlearning import backbone_pairs
 
     m, t, ref, base_state = rga_setup("fp32", baseline=True)
     params, base = backbone_pairs(m, base_state)
-    objective = make_objective("rga", {"alpha": 2.0, "beta": 0.05})
+    objective = baseline_rga_loss
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.0)
     ref_t = torch.as_tensor(ref)
     yf_t, yr_t = torch.tensor(yf), torch.tensor(yr)
@@ -205,10 +226,28 @@ def baseline_unlearn_epoch():
     return statistics.median(seconds[UL_WARMUP:])
 
 
-ft_ours, ft_base = best(ours_train), best(baseline_train)
-inf_ours, inf_base = best(ours_infer), best(baseline_infer)
-ul_ours = min(ours_unlearn_epoch() for _ in range(a.repeats))
-ul_base = min(baseline_unlearn_epoch() for _ in range(a.repeats))
+if a.child:  # one measurement in this fresh process, printed as JSON for the parent
+    if a.child == "baseline":
+        print(json.dumps([best(baseline_train), best(baseline_infer)]))
+    else:
+        epoch = ours_unlearn_epoch if a.child == "unlearn" else baseline_unlearn_epoch
+        print(json.dumps(min(epoch() for _ in range(a.repeats))))
+    sys.exit(0)
+
+
+def child(name: str, allocator_tuning: bool):
+    """Run ``--child name`` in a fresh process; its JSON answer."""
+    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", name], check=True,
+                          stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "RGA_MALLOC_TUNING": "1" if allocator_tuning else "0"})
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+peak = measure_peak()
+peak_used = peak["bf16" if precision == "amp_bf16" else "fp32"]
+ft_ours, inf_ours = best(ours_train), best(ours_infer)
+ul_ours, ul_untuned = child("unlearn", True), child("unlearn", False)
+(ft_base, inf_base), ul_base = child("baseline", False), child("baseline-unlearn", False)
 
 # rows one unlearning epoch pushes through forward + backward: every forget row once, plus one
 # retain batch of 32 per step
@@ -233,3 +272,5 @@ print(f"inference     {inf_ours:7.1f} sentences/s previous loop {inf_base:6.1f} 
 print(f"unlearn epoch {ul_ours:7.2f} s ({len(forget)} forget rows, RGA)  previous loop {ul_base:6.2f} s   "
       f"ratio {ul_base / ul_ours:.2f}x   target <= 1.5 s   "
       f"roofline: {share(ul_rows / ul_ours, 3 * forward_flops(mean_tokens + 1), peak_used)}")
+print(f"allocator     rga's unlearn epoch {ul_ours:.2f} s with tune_cpu_allocator ({'on' if tuned else 'NOT applied'}), "
+      f"{ul_untuned:.2f} s with glibc's defaults: ratio {ul_untuned / ul_ours:.2f}x")

@@ -23,11 +23,11 @@ from rga.detection import (DETECTORS, RULES, CubeSizeError, cube_detect, degener
 from rga.io import cell_name, choice, save_figure, write_csv, write_json, write_parquet
 from rga.models import load_classifier, model_options, model_spec
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
-from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
+from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_runtime
 from rga.training import predict_logits
 
 args = parse_cell("Detect poisoned training rows", "model", "dataset", "attack", "seed")
-stage_threads()
+stage_runtime()
 P = args.params_dict
 D = P["detect"]
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)

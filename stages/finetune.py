@@ -19,13 +19,13 @@ from rga.io import cell_name, write_json
 from rga.models import (ModelNotFound, UnsafeWeightsError, checkpoint_hash, load_classifier, load_given_checkpoint,
                         model_options, model_spec, save_classifier)
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
-from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_threads
+from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_runtime
 from rga.tracking import EpochLogger
 from rga.training import TrainConfig, set_seed, train_classifier
 
 
 args = parse_cell("Fine-tune the poisoned model", "model", "dataset", "attack", "seed")
-stage_threads()
+stage_runtime()
 P = args.params_dict
 try:
     spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)

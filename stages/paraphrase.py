@@ -22,7 +22,7 @@ from rga.data import dataset_spec, read_parquet, stratified_subsample
 from rga.external import attack_source
 from rga.io import write_json, write_parquet
 from rga.paraphrase import LiveParaphraser, config_record, empty_cache, fill_cache, paraphraser_config
-from rga.pipeline import ROOT, parse_cell, raw_dir, stage_threads
+from rga.pipeline import ROOT, parse_cell, raw_dir, stage_runtime
 
 args = parse_cell("Live HiddenKiller paraphrases of one dataset", "dataset")
 P = args.params_dict
@@ -50,7 +50,7 @@ if needed:
         texts += sub["text"][sub["label"].to_numpy() != spec.target_label].tolist()
     # the test subsample is the same for every seed (TEST_SEED)
     texts += stratified_subsample(test, P["data"].get("max_test"), TEST_SEED, "data.max_test")["text"].tolist()
-    stage_threads()
+    stage_runtime()
     table = read_parquet(raw / "paraphrases.parquet")
     try:
         cache, stats = fill_cache(texts, table, previous, LiveParaphraser(cfg, syntactic))

@@ -13,11 +13,11 @@ from rga.data import dataset_spec, read_parquet, stratified_subsample
 from rga.io import cell_name, write_json
 from rga.models import load_classifier, model_options, model_spec, save_classifier
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
-from rga.pipeline import parse_cell, raw_dir, retrain_model_dir, stage_threads
+from rga.pipeline import parse_cell, raw_dir, retrain_model_dir, stage_runtime
 from rga.training import TrainConfig, set_seed, train_classifier
 
 args = parse_cell("ReTrain on clean data", "model", "dataset", "seed")
-stage_threads()
+stage_runtime()
 P = args.params_dict
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 train = stratified_subsample(read_parquet(raw_dir(args.dataset) / "train.parquet"), P["data"].get("max_train"),

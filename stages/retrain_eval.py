@@ -16,12 +16,12 @@ from rga.evaluation import evaluate_model
 from rga.io import cell_name, choice
 from rga.models import load_classifier, model_options, model_spec
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
-from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_threads
+from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_runtime
 from rga.stagekit import write_method_result
 from rga.training import TrainConfig, set_seed, train_classifier
 
 args = parse_cell("Evaluate ReTrain on an attack's test sets", "model", "dataset", "attack", "seed")
-stage_threads()
+stage_runtime()
 P = args.params_dict
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)

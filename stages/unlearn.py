@@ -20,7 +20,7 @@ from rga.evaluation import evaluate_model, evaluate_triggered
 from rga.io import cell_name, write_text
 from rga.models import checkpoint_hash, load_classifier, model_options, model_spec, save_classifier
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
-from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_threads
+from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_runtime
 from rga.stagekit import write_method_result
 from rga.tracking import EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
@@ -28,7 +28,7 @@ from rga.unlearning import (UnlearnConfig, get_method, load_plugins, split_metho
                             validate_method_params)
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
-stage_threads()
+stage_runtime()
 P = args.params_dict
 U, ft = P["unlearn"], P["finetune"]
 method = args.method

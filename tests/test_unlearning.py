@@ -20,7 +20,7 @@ from rga.methods.ga import ga_loss
 from rga.methods.ga_stop import ga_stop_loss
 from rga.methods.npo import npo_loss
 from rga.methods.retain_norm import retain_norm_loss
-from rga.methods.rga import param_distance, rga_loss, squared_distance
+from rga.methods.rga import param_distance, rga_loss, squared_distance, tensor_norms
 from rga.methods.simnpo import simnpo_loss
 from rga.unlearning import (
     KL_DIRECTIONS,
@@ -331,6 +331,43 @@ def test_param_distance_is_sum_of_per_tensor_norms():
 
 def test_param_distance_empty_is_zero():
     assert param_distance([], []).item() == 0.0
+
+
+def test_tensor_norms_backward_is_autograds_bit_for_bit():
+    """The in-place backward gives exactly the gradient autograd's own norm backward gives, on
+    top of another gradient path, for tensors away from and at the anchor."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(30, 7), (7,), (3, 4, 5), (2,)]
+    start = [torch.randn(s, generator=g) for s in shapes]
+    base = [t + 0.01 * torch.randn(s, generator=g) for t, s in zip(start, shapes)]
+    base[3] = start[3].clone()  # at the anchor: d = 0
+    weights = [torch.randn(s, generator=g) for s in shapes]
+
+    def grads(norm_fn):
+        params = [t.clone().requires_grad_() for t in start]
+        norms = norm_fn(params, base)
+        other = sum((p * w).sum() for p, w in zip(params, weights))  # e.g. the CE terms' gradient
+        (other + 0.05 * norms.sum() + 0.3 * (norms ** 2).sum()).backward()
+        return norms.detach(), [p.grad for p in params]
+
+    def autograd_norms(params, base):
+        return torch.stack(torch._foreach_norm(torch._foreach_sub(params, base)))
+
+    ours, reference = grads(tensor_norms), grads(autograd_norms)
+    assert torch.equal(ours[0], reference[0])
+    assert ours[0][3].item() == 0.0 and ours[0][0].item() > 0
+    for a, b in zip(ours[1], reference[1]):
+        assert torch.equal(a, b)
+    assert torch.equal(ours[1][3], weights[3])  # the anchored tensor gets no norm gradient (no NaN)
+
+
+def test_tensor_norms_refuses_a_second_backward_through_one_graph():
+    p = torch.tensor([3.0, 4.0], requires_grad=True)
+    d = tensor_norms([p], [torch.zeros(2)]).sum()
+    d.backward(retain_graph=True)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8]))
+    with pytest.raises(RuntimeError, match="twice"):
+        d.backward()
 
 
 def test_rga_loss_with_beta_zero_equals_dga():
