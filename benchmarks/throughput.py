@@ -3,7 +3,7 @@ the loop main had before the speed work (measured in the same run), with a roofl
 
 Usage: python benchmarks/throughput.py [--rows 640] [--forget 100] [--repeats 2]
 
-Measures, all on this CPU in the same process:
+Measures, all on this CPU in one run:
 * the machine's matmul peak, fp32 and bf16 (GFLOP/s, best of a 2048^3 and a model-shaped GEMM);
 * fine-tuning samples/s: rga's loop (tokenised once, length-grouped, the model's precision,
   ``auto`` = bf16 autocast where the CPU has native bf16) against the previous loop (float32,
@@ -228,19 +228,25 @@ def baseline_unlearn_epoch():
 
 if a.child:  # one measurement in this fresh process, printed as JSON for the parent
     if a.child == "baseline":
-        print(json.dumps([best(baseline_train), best(baseline_infer)]))
+        value = [best(baseline_train), best(baseline_infer)]
     else:
         epoch = ours_unlearn_epoch if a.child == "unlearn" else baseline_unlearn_epoch
-        print(json.dumps(min(epoch() for _ in range(a.repeats))))
+        value = min(epoch() for _ in range(a.repeats))
+    print(json.dumps({"value": value, "tuned": tuned}))
     sys.exit(0)
 
 
 def child(name: str, allocator_tuning: bool):
-    """Run ``--child name`` in a fresh process; its JSON answer."""
+    """Run ``--child name`` in a fresh process; its answer, checked to have run with the
+    allocator setting asked for."""
     proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", name], check=True,
                           stdout=subprocess.PIPE, text=True,
                           env={**os.environ, "RGA_MALLOC_TUNING": "1" if allocator_tuning else "0"})
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    if got["tuned"] != allocator_tuning:
+        sys.exit(f"--child {name}: the allocator tuning was {'not ' if allocator_tuning else ''}applied "
+                 "(see the warning above); its figure would not measure what it says")
+    return got["value"]
 
 
 peak = measure_peak()
@@ -272,5 +278,6 @@ print(f"inference     {inf_ours:7.1f} sentences/s previous loop {inf_base:6.1f} 
 print(f"unlearn epoch {ul_ours:7.2f} s ({len(forget)} forget rows, RGA)  previous loop {ul_base:6.2f} s   "
       f"ratio {ul_base / ul_ours:.2f}x   target <= 1.5 s   "
       f"roofline: {share(ul_rows / ul_ours, 3 * forward_flops(mean_tokens + 1), peak_used)}")
-print(f"allocator     rga's unlearn epoch {ul_ours:.2f} s with tune_cpu_allocator ({'on' if tuned else 'NOT applied'}), "
-      f"{ul_untuned:.2f} s with glibc's defaults: ratio {ul_untuned / ul_ours:.2f}x")
+print(f"allocator     rga's unlearn epoch {ul_ours:.2f} s with tune_cpu_allocator, {ul_untuned:.2f} s with glibc's "
+      f"defaults: ratio {ul_untuned / ul_ours:.2f}x (fine-tuning and inference above: tuning "
+      f"{'applied' if tuned else 'NOT applied'})")

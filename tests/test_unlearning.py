@@ -333,15 +333,16 @@ def test_param_distance_empty_is_zero():
     assert param_distance([], []).item() == 0.0
 
 
-def test_tensor_norms_backward_is_autograds_bit_for_bit():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: precision "bf16" trains bf16 weights
+def test_tensor_norms_backward_is_autograds_bit_for_bit(dtype):
     """The in-place backward gives exactly the gradient autograd's own norm backward gives, on
     top of another gradient path, for tensors away from and at the anchor."""
     g = torch.Generator().manual_seed(0)
     shapes = [(30, 7), (7,), (3, 4, 5), (2,)]
-    start = [torch.randn(s, generator=g) for s in shapes]
-    base = [t + 0.01 * torch.randn(s, generator=g) for t, s in zip(start, shapes)]
+    start = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    base = [t + (0.01 * torch.randn(s, generator=g)).to(dtype) for t, s in zip(start, shapes)]
     base[3] = start[3].clone()  # at the anchor: d = 0
-    weights = [torch.randn(s, generator=g) for s in shapes]
+    weights = [torch.randn(s, generator=g).to(dtype) for s in shapes]
 
     def grads(norm_fn):
         params = [t.clone().requires_grad_() for t in start]
@@ -351,9 +352,10 @@ def test_tensor_norms_backward_is_autograds_bit_for_bit():
         return norms.detach(), [p.grad for p in params]
 
     def autograd_norms(params, base):
-        return torch.stack(torch._foreach_norm(torch._foreach_sub(params, base)))
+        return torch.stack([n.float() for n in torch._foreach_norm(torch._foreach_sub(params, base))])
 
     ours, reference = grads(tensor_norms), grads(autograd_norms)
+    assert ours[1][0].dtype == dtype
     assert torch.equal(ours[0], reference[0])
     assert ours[0][3].item() == 0.0 and ours[0][0].item() > 0
     for a, b in zip(ours[1], reference[1]):

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..unlearning import KL_DIRECTIONS, Batch, register, rga_weight
 
@@ -20,20 +21,30 @@ class _TensorNorms(torch.autograd.Function):
     def forward(ctx, base, *params):
         diffs = torch._foreach_sub(list(params), list(base))
         norms = torch._foreach_norm(diffs)
-        ctx.diffs, ctx.norms = diffs, norms
+        # detached copies: the outputs themselves on ctx would make a reference cycle through
+        # their grad_fn that keeps the differences alive when no backward ever runs
+        ctx.diffs, ctx.norms = diffs, [n.detach() for n in norms]
         return tuple(norms)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads):
         diffs, norms = ctx.diffs, ctx.norms
         if diffs is None:
-            raise RuntimeError("tensor_norms: backward through the same graph twice is not supported")
-        ctx.diffs = ctx.norms = None  # the differences become the gradients, in place
+            raise RuntimeError("tensor_norms: backward through the same graph twice is not supported "
+                               "(the differences were turned into the gradients in place)")
+        ctx.diffs = ctx.norms = None
         out = []
         for d, n, g in zip(diffs, norms, grads):
-            # autograd's norm backward is g · (d / n) with 0/0 filled with 0; the same two
-            # roundings, in place on d, and no fill where n > 0 (then nothing is 0/0)
-            out.append(d.zero_() if n.item() == 0 else d.div_(n).mul_(g))
+            # autograd's norm backward: g · (d / n).masked_fill_(n == 0, 0); the same roundings in
+            # place on d. On the CPU the test n == 0 is free, and where n > 0 the fill changes
+            # nothing, so it is skipped (where n == 0 the result is 0 · g, as autograd's).
+            if d.device.type != "cpu":  # no host sync per tensor on accelerators
+                out.append(d.div_(n).masked_fill_(n == 0, 0).mul_(g))
+            elif n.item() == 0:
+                out.append(d.zero_().mul_(g))
+            else:
+                out.append(d.div_(n).mul_(g))
         return (None, *out)
 
 
@@ -48,6 +59,10 @@ def tensor_norms(params: Sequence[torch.Tensor], base: Sequence[torch.Tensor]) -
     ∂L/∂‖d_i‖ · d_i / ‖d_i‖ (0 where d_i = 0), bit for bit, but computes it in place in the
     saved differences d_i instead of allocating two new tensors per parameter: with MiniLM's
     47 MB word embedding that is most of the term's cost.
+
+    Raises:
+        RuntimeError: a second backward through the same graph (``retain_graph=True``): the
+            saved differences were consumed by the first; build the term again instead.
     """
     if not params:
         return torch.zeros(0)
