@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from rga.data import DataError, DatasetSpec, fetch_dataset, read_train_split
 from rga.detection import detection_scores
 from rga.models import UnsafeWeightsError, load_given_checkpoint, model_spec
 
-from tinyrepo import GIT_ID, REPO, env_for, make_tiny_repo, run
+from tinyrepo import GIT_ID, REPO, env_for, make_tiny_repo, run, scratch_dir
 
 NORMAL, BYO = "minilm-sst2-badnets-0", "mine-byo-given-0"
 METHODS = ["ga", "rga"]
@@ -46,9 +47,14 @@ def export_user_inputs(root: Path, cell: str, dataset_dir: Path, checkpoint_dir:
 
 
 @pytest.fixture(scope="module")
-def byo_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
+def byo_repo(request, tmp_path_factory, mirror) -> Iterator[tuple[Path, dict]]:
     """A tiny git+dvc repo: the normal path for NORMAL, then the user's copy of it as BYO."""
-    root = tmp_path_factory.mktemp("byo") / "repo"
+    with scratch_dir(request, tmp_path_factory, "byo") as base:
+        yield build_byo_repo(base / "repo", mirror)
+
+
+def build_byo_repo(root: Path, mirror: Path) -> tuple[Path, dict]:
+    """Build :func:`byo_repo` at ``root``; returns ``root`` and the context the tests read."""
     env = make_tiny_repo(root, mirror)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["matrix"].update(models=["minilm"], datasets=["sst2"], attacks=["badnets"], seeds=[0], methods=METHODS,

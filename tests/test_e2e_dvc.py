@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tinyrepo import GIT_ID, make_tiny_repo, run
+from tinyrepo import GIT_ID, make_tiny_repo, run, scratch_dir
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
+def tiny_repo(request, tmp_path_factory, mirror) -> Iterator[tuple[Path, dict]]:
     """A fresh git+dvc repo holding the project's pipeline with the tiny profile and a small matrix."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
-    env = make_tiny_repo(root, mirror)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["matrix"]["attacks"] = ["badnets", "hiddenkiller"]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "add", "-A"], root, env)
-    run(["git", *GIT_ID, "commit", "-qm", "tiny pipeline"], root, env)
-    proc = run(["dvc", "repro"], root, env)
-    return root, {"env": env, "repro": proc, "params": params}
+    with scratch_dir(request, tmp_path_factory, "e2e") as base:
+        root = base / "repo"
+        env = make_tiny_repo(root, mirror)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["matrix"]["attacks"] = ["badnets", "hiddenkiller"]
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["git", "add", "-A"], root, env)
+        run(["git", *GIT_ID, "commit", "-qm", "tiny pipeline"], root, env)
+        proc = run(["dvc", "repro"], root, env)
+        yield root, {"env": env, "repro": proc, "params": params}
 
 
 CELLS = ["minilm-sst2-badnets-0", "minilm-sst2-hiddenkiller-0"]

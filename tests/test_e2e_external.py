@@ -5,6 +5,7 @@ nonsense, the path is real). One tiny git + DVC repository serves both routes.""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import save_tiny_seq2seq
-from tinyrepo import GIT_ID, make_tiny_repo, run
+from tinyrepo import GIT_ID, make_tiny_repo, run, scratch_dir
 
 IMPORT_CELL, HK_CELLS = "minilm-sst2-badnets-0", ["minilm-hsol-hiddenkiller-0", "minilm-ag-hiddenkiller-0"]
 
@@ -48,8 +49,15 @@ def write_authors_sst2(mirror: Path, base: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def external_repo(tmp_path_factory, mirror, tokenizer) -> tuple[Path, dict]:
-    base = tmp_path_factory.mktemp("external")
+def external_repo(request, tmp_path_factory, mirror, tokenizer) -> Iterator[tuple[Path, dict]]:
+    """The tiny pipeline on poisoned data in the authors' layout (made from the mirror), then on
+    HiddenKiller data generated through a live tiny paraphraser."""
+    with scratch_dir(request, tmp_path_factory, "external") as base:
+        yield build_external_repo(base, mirror, tokenizer)
+
+
+def build_external_repo(base: Path, mirror: Path, tokenizer) -> tuple[Path, dict]:
+    """Build :func:`external_repo` under ``base``; returns the repository and the context the tests read."""
     root = base / "repo"
     env = make_tiny_repo(root, mirror)
     made = write_authors_sst2(mirror, base / "authors")

@@ -20,13 +20,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rga.launch import LaunchError, Progress, Job, WorkspaceLock, _pick, load_settings, plan, rank
-from tinyrepo import GIT_ID, env_for, make_tiny_repo, run
+from tinyrepo import GIT_ID, env_for, make_tiny_repo, run, scratch_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -241,10 +242,15 @@ GA, NPO = "unlearn@minilm-sst2-badnets-0-ga", "unlearn@minilm-sst2-badnets-0-npo
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, mirror) -> tuple[Path, dict]:
+def reference(request, tmp_path_factory, mirror) -> Iterator[tuple[Path, dict]]:
     """The tiny pipeline (BadNets; GA and NPO), committed, then reproduced serially with one
     torch thread per stage, as the launches below run their jobs (``--threads 1``)."""
-    root = tmp_path_factory.mktemp("launch") / "serial"
+    with scratch_dir(request, tmp_path_factory, "launch") as base:
+        yield build_reference(base / "serial", mirror)
+
+
+def build_reference(root: Path, mirror: Path) -> tuple[Path, dict]:
+    """Build :func:`reference` at ``root``; returns it and the environment its commands ran with."""
     env = make_tiny_repo(root, mirror)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["matrix"].update(attacks=["badnets"], methods=["ga", "npo"])

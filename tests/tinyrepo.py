@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
+
+
+@contextlib.contextmanager
+def scratch_dir(request, tmp_path_factory, name: str) -> Iterator[Path]:
+    """A new numbered folder under pytest's base temp for a module-scoped fixture.
+
+    When the module's tests are done it is removed if none of them failed, and kept for
+    inspection otherwise. Function-scoped ``tmp_path`` folders get the same treatment from
+    ``tmp_path_retention_policy = "failed"`` (pyproject.toml); a module's repository holds
+    several 90 MB checkpoints twice (workspace and DVC cache), so keeping them all to the end
+    of the session would peak at several GB of disk.
+    """
+    path = tmp_path_factory.mktemp(name)
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def env_for(mirror: Path, root: Path | None = None) -> dict:
