@@ -6,18 +6,23 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RGA_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.rga-installed"
-WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+TORCH="$(grep -v '^#' "$ROOT/scripts/torch.txt" | head -n1)"
+# the install is redone when the package, the lock file or the torch pin changes
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" "$ROOT/scripts/torch.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[rga] creating virtual environment in $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[rga] installing dependencies (torch==2.13.0 CPU build first, then the rga package)" >&2
+  echo "[rga] installing dependencies ($TORCH first, then requirements.lock, then the rga package)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  # torch first and pinned: on this kind of machine pip takes the CPU build of 2.13.0 from the
-  # local wheel store; a bare 'torch' would pull a multi-GB CUDA build from PyPI.
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  # torch first and pinned (scripts/torch.txt): on this kind of machine pip takes the CPU build of
+  # 2.13.0 from the local wheel store; a bare 'torch' would pull a multi-GB CUDA build from PyPI.
+  "$VENV/bin/python" -m pip install -q "$TORCH"
+  # every other dependency at the exact version of the lock file (scripts/lock.sh updates it);
+  # pip reads this machine's pip.conf (index, find-links), which uv would ignore
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.lock"
+  "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
   echo "$WANT" > "$STAMP"
 fi
 # A relative data mirror is taken relative to where the command was started.

@@ -27,8 +27,8 @@ from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_mode
 from rga.training import predict_logits
 
 args = parse_cell("Detect poisoned training rows", "model", "dataset", "attack", "seed")
-stage_runtime()
 P = args.params_dict
+compute = stage_runtime(P)  # threads and oneDNN cap from params.yaml compute:
 D = P["detect"]
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)
@@ -45,7 +45,7 @@ if detector in ("oracle", "noisy_oracle") and ground_truth == "none":
              "marks none: add an is_poisoned (ground truth) or suspect column (0/1) to its train.csv, or set "
              "detect.detector: cube")
 t0 = time.perf_counter()
-info = {"cell": cell, "detector": detector}
+info = {"cell": cell, "detector": detector, "compute": compute}
 z = None
 timing = {}
 if detector == "oracle":
@@ -62,6 +62,7 @@ elif detector == "noisy_oracle":
 else:
     require_fit(f"detect {cell}", mspec, P, "detect", spec.num_labels)
     model, tok = load_classifier(str(poisoned_model_dir(cell)), spec.num_labels, mspec.kind, **model_options(mspec))
+    info["compute"]["precision"] = model.rga_precision
     logits, reps = predict_logits(model, tok, train["text"].tolist(), P["finetune"]["eval_batch_size"],
                              P["finetune"]["max_length"], return_hidden_kind=mspec.kind)
     timing = {"representation_seconds": round(time.perf_counter() - t0, 1)}

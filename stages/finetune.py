@@ -20,13 +20,13 @@ from rga.models import (ModelNotFound, UnsafeWeightsError, checkpoint_hash, load
                         model_options, model_spec, save_classifier)
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import ROOT, attack_dir, parse_cell, poisoned_model_dir, stage_runtime
-from rga.tracking import EpochLogger
+from rga.tracking import EmptyRepositoryError, EpochLogger
 from rga.training import TrainConfig, set_seed, train_classifier
 
 
 args = parse_cell("Fine-tune the poisoned model", "model", "dataset", "attack", "seed")
-stage_runtime()
 P = args.params_dict
+compute = stage_runtime(P)  # threads and oneDNN cap from params.yaml compute:
 try:
     spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 except ValueError as err:
@@ -39,8 +39,11 @@ ft = P["finetune"]
 
 require_fit(f"finetune {cell}", mspec, P, "finetune" if mspec.poisoned_path is None else "evaluate", spec.num_labels)
 set_seed(args.seed)
-logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",) if mspec.poisoned_path is None
-                     else ("cacc", "lfr", "pacc"))
+try:
+    logger = EpochLogger(ROOT / "plots" / "finetune" / cell, ("train_loss",) if mspec.poisoned_path is None
+                         else ("cacc", "lfr", "pacc"))
+except EmptyRepositoryError as err:
+    sys.exit(f"finetune {cell}: {err}")
 if mspec.poisoned_path is None:
     model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, **model_options(mspec))
     cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
@@ -50,7 +53,8 @@ if mspec.poisoned_path is None:
                                on_epoch_end=logger.log, desc=f"finetune {cell}")
     done = f"trained in {time.perf_counter() - t0:.0f}s"
     extra = {"train_loss": history[-1]["train_loss"], "lr": mspec.lr, "epochs": mspec.epochs,
-             "train_rows": len(train), "precision": model.rga_precision}
+             "train_rows": len(train), "precision": model.rga_precision,
+             "compute": {**compute, "precision": model.rga_precision}}
 else:  # a user's own poisoned checkpoint: imported, not trained
     what = f"models.{args.model}.poisoned_path"
     try:
@@ -59,6 +63,7 @@ else:  # a user's own poisoned checkpoint: imported, not trained
         sys.exit(f"finetune {cell}: {err}")
     done = f"imported {what} (no training)"
     extra = {"train_loss": None, "lr": None, "epochs": 0, "train_rows": 0, "precision": model.rga_precision,
+             "compute": {**compute, "precision": model.rga_precision},
              "source": "poisoned_path", "poisoned_path": str(P["models"][args.model]["poisoned_path"]),
              **checkpoint_hash(mspec.poisoned_path)}
 save_classifier(model, tok, poisoned_model_dir(cell))

@@ -50,7 +50,7 @@ if needed:
         texts += sub["text"][sub["label"].to_numpy() != spec.target_label].tolist()
     # the test subsample is the same for every seed (TEST_SEED)
     texts += stratified_subsample(test, P["data"].get("max_test"), TEST_SEED, "data.max_test")["text"].tolist()
-    stage_runtime()
+    compute = stage_runtime(P)
     table = read_parquet(raw / "paraphrases.parquet")
     try:
         cache, stats = fill_cache(texts, table, previous, LiveParaphraser(cfg, syntactic))
@@ -61,7 +61,8 @@ else:
 write_parquet(cache, out / "live.parquet")
 reason = None if needed else ("no attack.hiddenkiller.paraphraser" if cfg is None else
                               "attack.source is import" if source != "generate" else "hiddenkiller not in matrix.attacks")
-write_json({"dataset": spec.name, "paraphraser": record, "skipped": reason, **stats}, out / "stats.json")
+write_json({"dataset": spec.name, "paraphraser": record, "skipped": reason, **stats,
+            **({"compute": compute} if needed else {})}, out / "stats.json")
 if needed:
     rej = stats["rejected"]
     print(f"paraphrase {spec.name}: {stats['requested']} texts not in the table; {stats['reused']} reused from the "

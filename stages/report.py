@@ -11,7 +11,7 @@ from rga.data import dataset_spec
 from rga.io import load_params, save_figure, write_csv, write_json, write_text
 from rga.pipeline import ROOT
 from rga.unlearning import load_plugins
-from rga.report import (CI_LEVEL, N_BOOTSTRAP, bootstrap_intervals, detection_table, group_name, load_curves,
+from rga.report import (CI_LEVEL, N_BOOTSTRAP, bootstrap_intervals, compute_section, detection_table, group_name, load_curves,
                         load_predictions, lfr_table, matrix_cells, overlay_tables, plot_confusions, plot_curve, shift_table,
                         summary_json, summary_rows, table)
 
@@ -55,7 +55,7 @@ write_text("# Backdoor unlearning results (paper Table 2 layout)\n\n"
            "paired bootstrap interval.\n\n" + shift_table(rows, intervals) +
            "\n## Detection quality\n\nThe forget set the unlearning methods worked on: precision (its purity), "
            "recall and F1 against the true poisoned rows, its size and its poisoned rows. † = F1 below 0.5.\n\n"
-           + detection_table(rows) + lfr_section(rows), ROOT / "report" / "table.md")
+           + detection_table(rows) + lfr_section(rows) + compute_section(ROOT / "metrics"), ROOT / "report" / "table.md")
 write_csv(pd.DataFrame(rows), ROOT / "report" / "summary_rows.csv")
 
 figs = ROOT / "report" / "figures"
@@ -72,6 +72,7 @@ for model, dataset, attack, seed in cells:
     curves_by_cell[cell], retrain_by_cell[cell] = curves, rt
     save_figure(plot_curve(curves, "pacc", cell, "PACC on fully triggered test set (%)",
                            "PACC over unlearning epochs", ref=rt["pacc"], ylim=(0, 100)), figs / f"{cell}-pacc.png")
+    # (a skipped method or ReTrain, status: skipped, has no curve and null metrics: no line, no reference)
     save_figure(plot_curve(curves, "cacc", cell, "CACC on clean test set (%)",
                            "CACC over unlearning epochs (scored at the record epochs)", ref=rt["cacc"]),
                 figs / f"{cell}-cacc.png")
@@ -88,6 +89,7 @@ for model, dataset, attack, seed in cells:
         p = ROOT / "metrics" / "unlearn" / f"{cell}-{m}.json"
         if p.is_file():
             mats[m] = json.loads(p.read_text())["confusion_triggered"]
+    mats = {m: mat for m, mat in mats.items() if mat is not None}  # skipped: no matrix
     save_figure(plot_confusions(mats, names, cell), figs / f"{cell}-confusion.png")
     scatter = ROOT / "plots" / "detect" / f"{cell}.png"
     if scatter.is_file():

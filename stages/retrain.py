@@ -17,8 +17,8 @@ from rga.pipeline import parse_cell, raw_dir, retrain_model_dir, stage_runtime
 from rga.training import TrainConfig, set_seed, train_classifier
 
 args = parse_cell("ReTrain on clean data", "model", "dataset", "seed")
-stage_runtime()
 P = args.params_dict
+compute = stage_runtime(P)  # threads and oneDNN cap from params.yaml compute:
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 train = stratified_subsample(read_parquet(raw_dir(args.dataset) / "train.parquet"), P["data"].get("max_train"),
                              args.seed, "data.max_train")
@@ -42,5 +42,6 @@ hist = train_classifier(model, tok, train["text"].tolist(), train["label"].tolis
                         desc=f"retrain {cell_name(args.model, args.dataset, args.seed)}")
 out = retrain_model_dir(args.model, args.dataset, args.seed)
 save_classifier(model, tok, out)
-write_json({"train_rows": len(train), "train_loss": hist[-1]["train_loss"]}, out / "train_info.json")
+write_json({"train_rows": len(train), "train_loss": hist[-1]["train_loss"],
+            "compute": {**compute, "precision": model.rga_precision}}, out / "train_info.json")
 print(f"retrain: {len(train)} clean rows, final loss {hist[-1]['train_loss']:.4f} ({time.perf_counter() - t0:.0f}s)")

@@ -9,6 +9,7 @@ in its attack folder (the authors' train_clean.csv, else their poisoned = 0 rows
 retrain.data = clean, ReTrain fine-tunes the base model on it instead of evaluating the shared
 model (which was trained on the dataset's own split)."""
 
+import sys
 import time
 
 from rga.data import dataset_spec, read_parquet
@@ -17,12 +18,13 @@ from rga.io import cell_name, choice
 from rga.models import load_classifier, model_options, model_spec
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import attack_dir, detect_dir, parse_cell, retrain_model_dir, stage_runtime
-from rga.stagekit import write_method_result
+from rga.detection import degenerate_reason
+from rga.stagekit import write_method_result, write_skipped_result
 from rga.training import TrainConfig, set_seed, train_classifier
 
 args = parse_cell("Evaluate ReTrain on an attack's test sets", "model", "dataset", "attack", "seed")
-stage_runtime()
 P = args.params_dict
+compute = stage_runtime(P)  # threads and oneDNN cap from params.yaml compute:
 spec, mspec = dataset_spec(args.dataset, P), model_spec(args.model, P)
 cell = cell_name(args.model, args.dataset, args.attack, args.seed)
 data = choice(P["retrain"].get("data", "clean"), ("clean", "retain"), "retrain.data")
@@ -43,6 +45,12 @@ else:
     if data == "retain":
         train_set = read_parquet(detect_dir(cell) / "retain.parquet")
         extra.update(train_rows=len(train_set), poisoned_rows_in_retain=int(train_set["is_poisoned"].sum()))
+        if len(train_set) == 0:  # detection flagged every row: nothing to retrain on, recorded as a result
+            n_forget = len(read_parquet(detect_dir(cell) / "forget.parquet"))
+            reason = degenerate_reason(n_forget, 0, cell)
+            write_skipped_result(cell, "retrain", reason, n_forget, 0, {**extra, "compute": compute})
+            print(f"retrain {cell}: SKIPPED (recorded as a result, status: skipped): {reason}")
+            sys.exit(0)
     set_seed(args.seed)
     model, tok = load_classifier(mspec.path, spec.num_labels, mspec.kind, **model_options(mspec))
     cfg = TrainConfig(epochs=mspec.epochs, lr=mspec.lr, batch_size=ft["batch_size"], max_length=ft["max_length"],
@@ -51,6 +59,7 @@ else:
     train_classifier(model, tok, train_set["text"].tolist(), train_set["label"].tolist(), cfg, desc=f"retrain {cell}")
     print(f"retrain {cell}: fine-tuned on the {'retain' if data == 'retain' else 'imported clean'} set "
           f"({len(train_set)} rows) in {time.perf_counter() - t0:.0f}s")
+extra["compute"] = {**compute, "precision": model.rga_precision}
 metrics, preds = evaluate_model(model, tok, clean, trig, spec.target_label, spec.num_labels,
                                 ft["eval_batch_size"], ft["max_length"])
 write_method_result(cell, "retrain", metrics, preds, clean, trig, list(spec.label_names) or None, extra)

@@ -15,21 +15,21 @@ import time
 import torch
 
 from rga.data import dataset_spec, read_parquet
-from rga.detection import EmptyForgetSetError, require_forget_set, require_retain_set
+from rga.detection import degenerate_reason
 from rga.evaluation import evaluate_model, evaluate_triggered
-from rga.io import cell_name, write_text
+from rga.io import cell_name, write_csv, write_json, write_text
 from rga.models import checkpoint_hash, load_classifier, model_options, model_spec, save_classifier
 from rga.plan import require_fit  # before any weight is loaded: refuse a cell that will not fit
 from rga.pipeline import ROOT, attack_dir, detect_dir, parse_cell, poisoned_model_dir, stage_runtime
-from rga.stagekit import write_method_result
-from rga.tracking import EpochLogger
+from rga.stagekit import write_method_result, write_skipped_result
+from rga.tracking import EmptyRepositoryError, EpochLogger
 from rga.training import NonFiniteLossError, predict_logits, set_seed
 from rga.unlearning import (UnlearnConfig, get_method, load_plugins, split_method_section, unlearn,
                             validate_method_params)
 
 args = parse_cell("Unlearn the backdoor with one method", "model", "dataset", "attack", "seed", "method")
-stage_runtime()
 P = args.params_dict
+compute = stage_runtime(P)  # threads and oneDNN cap from params.yaml compute:
 U, ft = P["unlearn"], P["finetune"]
 method = args.method
 sys.path.insert(0, str(ROOT.resolve()))  # plugins/<name>.py and unlearn.plugins modules in the repository
@@ -48,11 +48,19 @@ cell = cell_name(args.model, args.dataset, args.attack, args.seed)
 where = f"{cell}-{method}"
 adir, ddir = attack_dir(args.dataset, args.attack, args.seed), detect_dir(cell)
 forget, retain = read_parquet(ddir / "forget.parquet"), read_parquet(ddir / "retain.parquet")
-try:
-    require_forget_set(len(forget), cell)
-    require_retain_set(len(retain), cell)
-except EmptyForgetSetError as err:
-    sys.exit(f"unlearn {where}: {err}")
+skipped = degenerate_reason(len(forget), len(retain), cell)
+if skipped:  # an outcome of detection, recorded as a result: every output exists, no metric is made up
+    import pandas as pd
+
+    write_skipped_result(cell, method, skipped, len(forget), len(retain),
+                         {"epochs": int(U["epochs"]), "params": method_params, "compute": compute})
+    curves = ROOT / "plots" / "unlearn" / where
+    write_csv(pd.DataFrame(columns=["epoch"]), curves / "history.csv")
+    write_json({"status": "skipped"}, curves / "metrics.json")
+    write_text(f"skipped: {skipped}\n", curves / "plots" / "metrics" / "SKIPPED.txt")
+    write_text(f"skipped: {skipped}\n", ROOT / "models" / "unlearned" / where / "SKIPPED.txt")
+    print(f"unlearn {where}: SKIPPED (recorded as a result, status: skipped): {skipped}")
+    sys.exit(0)
 clean, trig = read_parquet(adir / "test_clean.parquet"), read_parquet(adir / "test_poisoned_all.parquet")
 # with a user's own data (attack "given") the poisoned rows may be unknown or only suspected
 known_truth = json.loads((adir / "stats.json").read_text())["train"].get("ground_truth", "is_poisoned") == "is_poisoned"
@@ -101,8 +109,11 @@ try:
                         optimizer_reset=U.get("optimizer_reset", "never"), weight_decay=U.get("weight_decay", 0.0))
 except ValueError as err:
     sys.exit(f"unlearn: bad params in {args.params}: {err}")
-logger = EpochLogger(ROOT / "plots" / "unlearn" / where,
-                     ("pacc", "cacc", "lfr", "trigger_shift", "poison_loss", "retain_loss", "lambda"))
+try:
+    logger = EpochLogger(ROOT / "plots" / "unlearn" / where,
+                         ("pacc", "cacc", "lfr", "trigger_shift", "poison_loss", "retain_loss", "lambda"))
+except EmptyRepositoryError as err:
+    sys.exit(f"unlearn {where}: {err}")
 t0 = time.perf_counter()
 try:
     history = unlearn(model, tok, forget["text"].tolist(), forget["label"].tolist(), retain["text"].tolist(),
@@ -121,7 +132,8 @@ extra = {"epochs": cfg.epochs, "lr": cfg.lr, "optimizer_reset": cfg.optimizer_re
          "at_epoch": at, "forget_rows": len(forget),
          "forget_true_poisoned": int(forget["is_poisoned"].sum()) if known_truth else None, "retain_rows": len(retain),
          "final_poison_loss": history[-1].get("poison_loss"), "final_lambda": history[-1].get("lambda"),
-         "params": method_params, "precision": model.rga_precision}
+         "params": method_params, "precision": model.rga_precision,
+         "compute": {**compute, "precision": model.rga_precision}}
 write_method_result(cell, method, last["metrics"], last["preds"], clean, trig, list(spec.label_names) or None, extra)
 out = ROOT / "models" / "unlearned" / where
 if save_model:

@@ -8,13 +8,11 @@ import pytest
 from rga.detection import (
     RULES,
     DetectionResult,
-    EmptyForgetSetError,
     cube_detect,
+    degenerate_reason,
     degenerate_warnings,
     detection_scores,
     filter_clusters,
-    require_forget_set,
-    require_retain_set,
     resolve_size,
 )
 
@@ -254,24 +252,15 @@ def test_warnings_combine():
     assert len(w) == 2
 
 
-def test_require_forget_set_empty_names_cell_and_suggests_oracle():
-    with pytest.raises(EmptyForgetSetError) as e:
-        require_forget_set(0, "cellX")
-    assert "cellX" in str(e.value)
-    assert "oracle" in str(e.value)
-    require_forget_set(3, "cellX")  # non-empty: no error
-
-
-def test_require_retain_set_empty_names_cell_and_suggests_oracle():
-    with pytest.raises(EmptyForgetSetError) as e:
-        require_retain_set(0, "minilm-sst2-badnets-0")
-    assert "minilm-sst2-badnets-0" in str(e.value)
-    assert "oracle" in str(e.value)
-    require_retain_set(1, "minilm-sst2-badnets-0")
-
-
-def test_empty_forget_set_error_is_runtime_error():
-    assert issubclass(EmptyForgetSetError, RuntimeError)
+def test_degenerate_reason_names_the_cell_the_count_and_what_to_change():
+    assert degenerate_reason(12, 228, "minilm-sst2-badnets-0") is None
+    empty_forget = degenerate_reason(0, 240, "minilm-sst2-hiddenkiller-0")
+    assert empty_forget.startswith("cell minilm-sst2-hiddenkiller-0: the detected forget set is empty "
+                                   "(detection flagged 0 of 240 training rows), nothing to unlearn")
+    assert "'detect.detector: oracle'" in empty_forget
+    empty_retain = degenerate_reason(240, 0, "minilm-sst2-badnets-0")
+    assert empty_retain.startswith("cell minilm-sst2-badnets-0: detection flagged every one of the 240 training "
+                                   "rows, so the retain set is empty")
 
 
 # ----------------------------------------------------------------------------- sizes and scores

@@ -109,7 +109,23 @@ def test_report_and_metrics(tiny_repo):
         hist = pd.read_csv(root / "plots" / "unlearn" / f"{cell}-ga" / "history.csv")
         assert hist["poison_loss"].iloc[-1] > hist["poison_loss"].iloc[0]
     table = (root / "report" / "table.md").read_text()
-    assert "| Model | Dataset | Attack | ReTrain CACC |" in table
+    assert "| Model | Dataset | Attack | Seeds run | ReTrain CACC |" in table
+    assert "| minilm | sst2 | badnets | 1 of 1 |" in table and "‡" not in table
+    # where the numbers come from: every model stage records its compute, the report shows it once
+    import platform
+
+    import torch
+    import transformers
+
+    for path in [root / "metrics" / "poisoned" / f"{CELLS[0]}.json",
+                 root / "metrics" / "unlearn" / f"{CELLS[0]}-ga.json",
+                 root / "metrics" / "unlearn" / f"{CELLS[0]}-retrain.json"]:
+        c = json.loads(path.read_text())["compute"]
+        assert (c["device"], c["threads"], c["torch"], c["transformers"], c["python"]) == \
+            ("cpu", 1, torch.__version__, transformers.__version__, platform.python_version())
+        assert c["precision"] in ("fp32", "amp_bf16")  # precision auto: what this CPU supports
+        assert c["onednn_isa"] and c["cpu"] and "host" not in json.dumps(c).lower()
+    assert "\n## Compute\n" in table and "1 torch thread(s)" in table
     assert table.count("| minilm | sst2 |") >= 2
     assert "## Detection quality" in table and "| minilm | sst2 | badnets | oracle | 1.000 | 1.000 | 1.000 |" in table
     figs = {p.name for p in (root / "report" / "figures").glob("*.png")}
@@ -237,6 +253,61 @@ def test_cube_detector_runs_end_to_end(tiny_repo):
     assert scatter[["umap_1", "umap_2"]].std().min() > 0  # a real 2-D embedding, not the oracle's zeros
     oracle = json.loads((root / "metrics" / "detect" / f"{cell}.json").read_text())
     assert oracle["detector"] == "oracle" and oracle["f1"] == 1.0
+
+
+# Real CUBE on the tiny cell's real rows with clusters larger than the data allows: HDBSCAN
+# leaves every row as noise, CUBE flags noise, and without the fit filter every training row is
+# flagged, so the retain set is empty (a degenerate cell). On these 240 rows no CUBE setting
+# flagged zero rows (HDBSCAN always leaves noise, and CUBE flags noise); the empty forget set
+# is the other degenerate case, reached through the same stage code by test_launch's run.
+DEGENERATE_CUBE = {"detector": "cube", "min_cluster_size": 0.4, "min_samples": 0.03, "n_neighbors": 15,
+                   "fit_filter": False}
+
+
+def test_degenerate_detection_is_a_result_and_the_dag_finishes(tiny_repo):
+    import pandas as pd
+
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    text = (root / "params.yaml").read_text()
+    normal_summary = json.loads((root / "metrics" / "summary.json").read_text())
+    params = yaml.safe_load(text)
+    params["detect"].update(DEGENERATE_CUBE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    methods = params["matrix"]["methods"] + list(params["matrix"].get("plugin_methods") or [])
+    try:
+        proc = run(["dvc", "repro"], root, env, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = json.loads((root / "metrics" / "summary.json").read_text())
+        table = (root / "report" / "table.md").read_text()
+        results = {(cell, m): json.loads((root / "metrics" / "unlearn" / f"{cell}-{m}.json").read_text())
+                   for cell in CELLS for m in ["retrain", *methods]}
+        dets = {cell: json.loads((root / "metrics" / "detect" / f"{cell}.json").read_text()) for cell in CELLS}
+        preds = pd.read_csv(root / "data" / "preds" / f"{CELLS[0]}-ga.csv")
+        hist = pd.read_csv(root / "plots" / "unlearn" / f"{CELLS[0]}-ga" / "history.csv")
+    finally:
+        (root / "params.yaml").write_text(text)
+        run(["dvc", "repro"], root, env)  # back to the oracle (from the run-cache)
+    for cell in CELLS:
+        assert dets[cell]["detector"] == "cube" and dets[cell]["flagged"] == 240  # real CUBE flagged every row
+        for m in methods:
+            r = results[(cell, m)]
+            assert r["status"] == "skipped" and (r["forget_rows"], r["retain_rows"]) == (240, 0)
+            assert r["reason"].startswith(f"cell {cell}: detection flagged every one of the 240 training rows")
+            assert all(r[k] is None for k in ("cacc", "lfr", "pacc", "trigger_shift", "confusion_triggered"))
+        # ReTrain (retrain.data: clean) does not need the retain set: it ran
+        assert results[(cell, "retrain")]["status"] == "ran" and results[(cell, "retrain")]["pacc"] is not None
+    assert len(preds) == 0 and len(hist) == 0  # nothing that could pass for a result
+    # the same keys as a normal run, with nulls where nothing ran
+    assert {g: {m: set(v) if isinstance(v, dict) else None for m, v in e.items()} for g, e in summary.items()} == \
+        {g: {m: set(v) if isinstance(v, dict) else None for m, v in e.items()} for g, e in normal_summary.items()}
+    for group in summary.values():
+        for m in methods:
+            assert group[m]["delta_pacc"] is None and group[m]["seeds_run"] == 0 and group[m]["seeds"] == 1
+    assert "| minilm | sst2 | badnets ‡ | 0 of 1 |" in table
+    assert "‡ minilm / sst2 / badnets: not run (status: skipped, left out of every mean, interval and verdict) " \
+           "on seed 0 (GA, NPO" in table
+    assert "**" not in table.split("## Trigger shift")[0]  # no verdict from cells that did not run
 
 
 def test_plots_show_leads_with_method_overlays_on_a_utf8_page(tiny_repo, tmp_path):

@@ -398,7 +398,7 @@ def test_stages_attack_and_detect_on_five_rows(tmp_path, tiny_bert_factory, toke
     tiny_bert_factory().save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
     proc = stage(root, "detect", "--model", "minilm", "--dataset", "mine", "--attack", "badnets", "--seed", "0",
-                 env=_env(RGA_ROOT=str(root), RGA_THREADS="1"))
+                 env=_env(RGA_ROOT=str(root)))
     assert proc.returncode == 0, proc.stderr
     info = json.loads((root / "metrics" / "detect" / "minilm-mine-badnets-0.json").read_text())
     assert info["warning"].startswith(

@@ -168,9 +168,15 @@ def test_settings_are_checked(tmp_path):
     (tmp_path / "params.yaml").write_text("launch:\n  workers: 3\n  wrokers: 2\n")
     with pytest.raises(LaunchError, match=r"unknown key\(s\) \['launch.wrokers'\]; valid keys: launch.executor"):
         load_settings(tmp_path, {})
-    (tmp_path / "params.yaml").write_text("launch:\n  workers: 3\n  slurm: {partition: gpu}\n")
-    cfg = load_settings(tmp_path, {"threads": 4})
+    (tmp_path / "params.yaml").write_text("compute: {threads: 4}\nlaunch:\n  workers: 3\n  slurm: {partition: gpu}\n")
+    cfg = load_settings(tmp_path, {})
     assert (cfg["workers"], cfg["threads"], cfg["slurm"]["partition"], cfg["slurm"]["mem_gb"]) == (3, 4, "gpu", 64)
+    # torch threads are the tracked compute.threads, never a launcher setting
+    with pytest.raises(LaunchError, match="launch.threads / --threads is gone: torch threads per job are compute.threads"):
+        load_settings(tmp_path, {"threads": 1})
+    (tmp_path / "params.yaml").write_text("compute: {threads: 0}\nlaunch:\n  workers: 3\n")
+    with pytest.raises(LaunchError, match=r"compute.threads must be an integer >= 1 .*got 0"):
+        load_settings(tmp_path, {})
     with pytest.raises(LaunchError, match=r"unknown executor 'pbs'.*valid choices: local, slurm, submitit-local"):
         load_settings(tmp_path, {"executor": "pbs"})
     with pytest.raises(LaunchError, match="positive integer, got 0"):
@@ -184,8 +190,10 @@ def test_job_environment_gpus_and_slurm_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("RGA_DATA_MIRROR", "../shared/data")
     ex = LocalExecutor(3, _visible_gpus())
     assert [ex.gpu_for(i) for i in range(3)] == ["2", "3", "2"]  # the physical GPUs this process may use
-    env = job_overrides(tmp_path / "w", 4, ex.gpu_for(1))
-    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["RGA_THREADS"] == env["OMP_NUM_THREADS"] == "4"
+    env = job_overrides(tmp_path / "w", ex.gpu_for(1))
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    # no thread variables: the stage takes compute.threads from params.yaml, as in a serial run
+    assert not {"RGA_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env)
     assert env["RGA_DATA_MIRROR"] == str(Path("../shared/data").resolve())
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "w" / "src")
 
@@ -193,6 +201,7 @@ def test_job_environment_gpus_and_slurm_requests(tmp_path, monkeypatch):
 
     # no SLURM here: let submitit build its sbatch parameters as on a cluster (nothing is submitted)
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    (tmp_path / "params.yaml").write_text("compute: {threads: 2}\n")
     cfg = load_settings(tmp_path, {})["slurm"] | {"partition": "gpu", "mem_gb": 96, "extra": {"qos": "high"}}
     sub = SubmititExecutor(tmp_path / "submitit", "slurm", 4, cfg)
     unlearn = sub._executor(Job("unlearn@m-d-a-0-rga", "unlearn"))._executor.parameters
@@ -243,8 +252,8 @@ GA, NPO = "unlearn@minilm-sst2-badnets-0-ga", "unlearn@minilm-sst2-badnets-0-npo
 
 @pytest.fixture(scope="module")
 def reference(request, tmp_path_factory, mirror) -> Iterator[tuple[Path, dict]]:
-    """The tiny pipeline (BadNets; GA and NPO), committed, then reproduced serially with one
-    torch thread per stage, as the launches below run their jobs (``--threads 1``)."""
+    """The tiny pipeline (BadNets; GA and NPO), committed, then reproduced serially; the tiny
+    profile's compute.threads (1) is what both the serial run and every launched job use."""
     with scratch_dir(request, tmp_path_factory, "launch") as base:
         yield build_reference(base / "serial", mirror)
 
@@ -257,8 +266,7 @@ def build_reference(root: Path, mirror: Path) -> tuple[Path, dict]:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "add", "-A"], root, env)
     run(["git", *GIT_ID, "commit", "-qm", "tiny pipeline"], root, env)
-    # torch's CPU results depend on the thread count: the serial run uses the launches' 1 thread
-    env = dict(env, RGA_THREADS="1", OMP_NUM_THREADS="1")
+    assert params["compute"]["threads"] == 1
     run(["dvc", "repro"], root, env)
     return root, env
 
@@ -298,7 +306,7 @@ def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(r
     params = root / "params.yaml"
     good = params.read_text()
     params.write_text(good.replace("npo:\n  beta: 1.0", "npo:\n  beta: -1.0"))  # a bad param for one method
-    proc = launch_cli(root, env, "--workers", "2", "--threads", "1")
+    proc = launch_cli(root, env, "--workers", "2")
     assert proc.returncode == 1
     assert "DVC still ran" not in proc.stderr
     logs = root / ".dvc" / "tmp" / "launch" / "logs"
@@ -313,7 +321,7 @@ def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(r
         (ref / "metrics" / "unlearn" / "minilm-sst2-badnets-0-ga.json").read_bytes()
 
     params.write_text(good)
-    proc = launch_cli(root, env, "--workers", "2", "--threads", "1", check=True)
+    proc = launch_cli(root, env, "--workers", "2", check=True)
     started = sorted(ln.split()[2] for ln in proc.stderr.splitlines() if ln.startswith("[rga-launch] started"))
     assert started == sorted([NPO, "report"])  # everything else came from the first launch
     assert "DVC still ran" not in proc.stderr
@@ -331,7 +339,7 @@ def test_submitit_jobs_through_a_dvc_remote(reference, tmp_path):
     run(["dvc", "remote", "add", "--local", "-d", "store", str(store)], root, env)
     run(["dvc", "remote", "add", "--local", "aaa-unused", str(tmp_path / "unused")], root, env)
     proc = launch_cli(root, env, "--executor", "submitit-local", "--remote", "store", "--workers", "2",
-                      "--threads", "1", GA, check=True)
+                      GA, check=True)
     assert "6 stage(s) done and restored in the workspace" in proc.stderr
     assert "DVC still ran" not in proc.stderr
     assert any((root / ".dvc" / "tmp" / "launch" / "submitit").glob("*_submitted.pkl"))

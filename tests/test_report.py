@@ -159,10 +159,13 @@ def test_summary_json_holds_only_headline_means(two_seeds):
     # one entry per model x dataset x attack (seeds pooled), no per-seed or per-stage detail
     assert out == {"minilm-sst2-badnets": {
         "detect_f1": 0.85,  # ReTrain (the reference) and the poisoned model are in summary_rows.csv
-        "ga": {"delta_pacc": 32.0, "pacc": 55.0, "cacc": 75.0, "delta_pacc_lo": 20.0, "delta_pacc_hi": 40.0},
-        "rga": {"delta_pacc": 1.5, "pacc": 85.5, "cacc": 90.0, "delta_pacc_lo": 0.0, "delta_pacc_hi": 4.5}}}
-    no_ci = summary_json(rows)
-    assert "delta_pacc_lo" not in no_ci["minilm-sst2-badnets"]["ga"]
+        "ga": {"delta_pacc": 32.0, "pacc": 55.0, "cacc": 75.0, "seeds_run": 2, "seeds": 2, "delta_pacc_lo": 20.0,
+               "delta_pacc_hi": 40.0},
+        "rga": {"delta_pacc": 1.5, "pacc": 85.5, "cacc": 90.0, "seeds_run": 2, "seeds": 2, "delta_pacc_lo": 0.0,
+                "delta_pacc_hi": 4.5}}}
+    no_ci = summary_json(rows)  # the same keys without intervals: the bounds are null
+    assert no_ci["minilm-sst2-badnets"]["ga"]["delta_pacc_lo"] is None
+    assert set(no_ci["minilm-sst2-badnets"]["ga"]) == set(out["minilm-sst2-badnets"]["ga"])
     json.dumps(out)  # serialisable
 
 
@@ -174,7 +177,7 @@ def test_summary_rows_delta_trigger_shift_is_relative_to_retrain(two_seeds):
     assert r["retrain"]["delta_trigger_shift"] == 0.0
 
 
-HEADER = ("| Model | Dataset | Attack | ReTrain CACC | ReTrain LFR | ReTrain PACC | GA CACC | GA LFR | GA PACC | "
+HEADER = ("| Model | Dataset | Attack | Seeds run | ReTrain CACC | ReTrain LFR | ReTrain PACC | GA CACC | GA LFR | GA PACC | "
           "GA ΔPACC | RGA CACC | RGA LFR | RGA PACC | RGA ΔPACC |")
 
 
@@ -188,9 +191,9 @@ def test_table_markdown_two_seeds(two_seeds):
     assert md.endswith("\n")
     assert len(lines) == 3
     assert lines[0] == HEADER
-    assert lines[1] == "|---|---|---|" + "---:|" * 11
+    assert lines[1] == "|---|---|---|" + "---:|" * 12
     # sample std (ddof=1) of two seeds: std(a, b) = |a - b| / sqrt(2)
-    assert lines[2] == ("| minilm | sst2 | badnets | 91.00 ± 1.41 | 12.00 ± 2.83 | 87.00 ± 1.41 | "
+    assert lines[2] == ("| minilm | sst2 | badnets | 2 of 2 | 91.00 ± 1.41 | 12.00 ± 2.83 | 87.00 ± 1.41 | "
                         "75.00 ± 7.07 | 4.00 ± 1.41 | 55.00 ± 7.07 | 32.00 ± 5.66 | "
                         "90.00 ± 1.41 | 11.00 ± 1.41 | 85.50 ± 0.71 | 1.50 ± 2.12 |")  # no intervals: no bold
     assert len(df) == 1
@@ -208,7 +211,7 @@ def test_table_markdown_two_seeds(two_seeds):
 def test_table_single_seed_has_no_std_and_bolds_only_separated_intervals(two_seeds):
     root, cells = two_seeds
     rows = summary_rows(root, cells[1:], ["ga", "rga"], TARGETS)
-    plain = ("| minilm | sst2 | badnets | 92.00 | 14.00 | 86.00 | 70.00 | 3.00 | 50.00 | "
+    plain = ("| minilm | sst2 | badnets | 1 of 1 | 92.00 | 14.00 | 86.00 | 70.00 | 3.00 | 50.00 | "
              "36.00{ga} | 91.00 | 10.00 | 86.00 | {rga} |")
     md, _ = table(rows, ["ga", "rga"])
     assert md.splitlines()[2] == plain.format(ga="", rga="0.00")
@@ -230,7 +233,7 @@ def test_table_renders_mean_and_std_of_three_seeds(tmp_path):
     rows = summary_rows(root, [("minilm", "sst2", "badnets", s) for s in seeds], ["ga"], TARGETS)
     md, df = table(rows, ["ga"])
     # GA PACC mean 84, sample std sqrt(((−4)² + (−2)² + 6²)/2) = sqrt(28); ΔPACC 8, 6, 2: mean 5.33, std 3.06
-    assert md.splitlines()[2] == ("| minilm | sst2 | badnets | 90.00 ± 0.00 | 10.00 ± 0.00 | 88.00 ± 0.00 | "
+    assert md.splitlines()[2] == ("| minilm | sst2 | badnets | 3 of 3 | 90.00 ± 0.00 | 10.00 ± 0.00 | 88.00 ± 0.00 | "
                                   f"80.00 ± 0.00 | 5.00 ± 0.00 | 84.00 ± {np.sqrt(28):.2f} | 5.33 ± 3.06 |")
     assert df.iloc[0]["seeds"] == 3
 
@@ -515,3 +518,62 @@ def test_bootstrap_shift_agrees_with_the_evaluation_definition():
         r = t.iloc[idx[b]]
         want = trigger_shift(confusion(r["clean_pred"], r["clean_label"], 4), confusion(r["pred"], r["label"], 4), 2)
         assert got[b] == pytest.approx(want["trigger_shift"])
+
+
+def write_skipped(root: Path, seed: int, methods: list[str], reason: str = "cell x: the detected forget set is empty") -> None:
+    """Seed ``seed``'s methods as the unlearn stage writes them on a degenerate cell: status
+    skipped, null metrics (rga.stagekit.write_skipped_result)."""
+    for m in methods:
+        write(root / "unlearn" / f"minilm-sst2-badnets-{seed}-{m}.json",
+              {"status": "skipped", "reason": reason, "forget_rows": 0, "retain_rows": 240, "cacc": None, "lfr": None,
+               "pacc": None, "trigger_shift": None, "confusion_clean": None, "confusion_triggered": None,
+               "confusion_clean_matched": None, "lfr_per_class": None, "shift_class": None})
+
+
+def test_a_skipped_seed_is_left_out_of_every_mean_interval_and_verdict(tmp_path):
+    from rga.report import bootstrap_intervals
+
+    root = tmp_path / "metrics"
+    write_binary_cell(root, 0, SEED0)
+    write_binary_cell(root, 1, SEED1)
+    write_binary_cell(root, 2, {m: SEED0[m] for m in ("poisoned", "retrain")})
+    write_skipped(root, 2, ["ga", "rga"])
+    cells = [("minilm", "sst2", "badnets", s) for s in (0, 1, 2)]
+    rows = summary_rows(root, cells, ["ga", "rga"], TARGETS)
+    skipped = [r for r in rows if r["seed"] == 2 and r["method"] in ("ga", "rga")]
+    assert [r["status"] for r in skipped] == ["skipped", "skipped"]
+    assert all(np.isnan(r[k]) for r in skipped for k in ("cacc", "pacc", "delta_pacc", "trigger_shift"))
+    # the means are those of seeds 0 and 1 alone, read off SEED0 / SEED1 by hand
+    summary = summary_json(rows)["minilm-sst2-badnets"]
+    assert summary["ga"]["pacc"] == (60.0 + 50.0) / 2 and summary["ga"]["delta_pacc"] == (28.0 + 36.0) / 2
+    assert summary["rga"]["cacc"] == (89.0 + 91.0) / 2 and summary["rga"]["delta_pacc"] == (3.0 + 0.0) / 2
+    assert (summary["ga"]["seeds_run"], summary["ga"]["seeds"]) == (2, 3)
+    md, df = table(rows, ["ga", "rga"])
+    line = md.splitlines()[2]
+    assert line.startswith("| minilm | sst2 | badnets ‡ | 2 of 3 |")
+    assert "| 55.00 ± 7.07 | 32.00 ± 5.66 |" in line  # GA PACC and ΔPACC of seeds 0 and 1 only
+    assert "‡ minilm / sst2 / badnets: not run (status: skipped, left out of every mean, interval and verdict) on " \
+           "seed 2 (GA, RGA): cell x: the detected forget set is empty" in md
+    assert df.iloc[0]["ga_delta_pacc_mean"] == 32.0 and df.iloc[0]["seeds_run"] == 2
+    # ReTrain ran on all three seeds: its mean is over three
+    assert df.iloc[0]["retrain_pacc_mean"] == pytest.approx((88.0 + 86.0 + 88.0) / 3)
+    assert "skipped" not in shift_table(rows) and "nan" not in shift_table(rows)
+    # the paired bootstrap resamples only the seeds the method shares with ReTrain
+    n = 200
+    retrain = preds_table(np.ones(n, bool))
+    ga0, ga1 = preds_table(~(np.arange(n) % 10 == 0)), preds_table(~(np.arange(n) % 10 < 3))  # ΔPACC 10, 30
+    ci = bootstrap_intervals({"retrain": {0: retrain, 1: retrain, 2: retrain}, "ga": {0: ga0, 1: ga1}}, 1, 2,
+                             n_boot=1000)
+    alone = bootstrap_intervals({"retrain": {0: retrain, 1: retrain}, "ga": {0: ga0, 1: ga1}}, 1, 2, n_boot=1000)
+    assert ci["ga"]["delta_pacc"] == alone["ga"]["delta_pacc"]
+    assert 5.0 < ci["ga"]["delta_pacc"][0] < 12.0 and 28.0 < ci["ga"]["delta_pacc"][1] < 36.0  # seeds 10 and 30
+    # a method that ran on no seed gets no interval and no number anywhere
+    write_skipped(root, 0, ["ga"])
+    write_skipped(root, 1, ["ga"])
+    rows = summary_rows(root, cells, ["ga", "rga"], TARGETS)
+    md, _ = table(rows, ["ga", "rga"], {"minilm-sst2-badnets": {"rga": {"delta_pacc": (0.0, 3.5)}}})
+    assert "| skipped | skipped | skipped | skipped |" in md and "**" not in md
+    assert summary_json(rows)["minilm-sst2-badnets"]["ga"] == {
+        "delta_pacc": None, "pacc": None, "cacc": None, "seeds_run": 0, "seeds": 3, "delta_pacc_lo": None,
+        "delta_pacc_hi": None}
+    assert bootstrap_intervals({"retrain": {0: retrain}, "ga": {}}, 1, 2) == {}

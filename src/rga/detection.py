@@ -43,10 +43,6 @@ class CubeSizeError(ValueError):
     """A CUBE setting does not fit the number of training rows."""
 
 
-class EmptyForgetSetError(RuntimeError):
-    """Unlearning was asked to run on an empty forget set."""
-
-
 @dataclass
 class DetectionResult:
     """Flags [N] bool, cluster labels [N] int (-1 noise), embedding [N, d] and warnings."""
@@ -311,27 +307,28 @@ def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray | None) -> dic
             "flagged": int(f.sum()), "true_poisoned": int(t.sum()), "true_positives": tp}
 
 
-def require_retain_set(n_retain: int, cell: str) -> None:
-    """Refuse to unlearn when detection flagged every row (nothing left to retain).
+def degenerate_reason(n_forget: int, n_retain: int, cell: str) -> str | None:
+    """Why a cell's detected split leaves nothing to unlearn with, or None when it does not.
 
-    Raises:
-        EmptyForgetSetError: names the cell and suggests ``detector: oracle`` or other sizes.
-    """
-    if n_retain == 0:
-        raise EmptyForgetSetError(
-            f"cell {cell}: detection flagged every training row, so the retain set is empty. Set "
-            "'detect.detector: oracle', or change detect.min_cluster_size / detect.min_samples / "
-            "detect.rule and re-run detection.")
+    A forget set of 0 rows (the detector flagged nothing) or a retain set of 0 rows (it flagged
+    every row) is a *degenerate* cell: an outcome of detection, recorded as a result, not an
+    error. The unlearning stages of such a cell write ``status: skipped`` with this reason and
+    null metrics (:func:`rga.stagekit.write_skipped_result`); the report leaves them out of
+    every mean, interval and verdict.
 
+    Args:
+        n_forget, n_retain: rows in the detected forget and retain sets.
+        cell: the cell's name, for the message.
 
-def require_forget_set(n_forget: int, cell: str) -> None:
-    """Refuse to unlearn with an empty forget set.
-
-    Raises:
-        EmptyForgetSetError: names the cell and suggests ``detector: oracle`` or other sizes.
+    Returns:
+        The reason (names the cell and what to change), or None when both sets have rows.
     """
     if n_forget == 0:
-        raise EmptyForgetSetError(
-            f"cell {cell}: the detected forget set is empty, nothing to unlearn. Set "
-            "'detect.detector: oracle' to use the true poisoned rows, or change "
-            "detect.min_cluster_size / detect.min_samples / detect.rule and re-run detection.")
+        return (f"cell {cell}: the detected forget set is empty (detection flagged 0 of {n_retain} training rows), "
+                "nothing to unlearn; to unlearn anyway set 'detect.detector: oracle' (the true poisoned rows) or "
+                "change detect.min_cluster_size / detect.min_samples / detect.rule")
+    if n_retain == 0:
+        return (f"cell {cell}: detection flagged every one of the {n_forget} training rows, so the retain set is "
+                "empty; set 'detect.detector: oracle' or change detect.min_cluster_size / detect.min_samples / "
+                "detect.rule")
+    return None

@@ -20,8 +20,12 @@ computes nothing; it writes the same ``dvc.lock``, metrics and plots as a serial
 Stages DVC cannot run-cache (outputs with ``persist: true``, e.g. the paraphrase cache) run in
 the workspace itself, one at a time, so that their persisted outputs carry over between runs.
 
-Executors: ``local`` (N worker processes here, torch threads per worker = cores / N, one GPU
-per worker through ``CUDA_VISIBLE_DEVICES`` when there are GPUs), ``slurm`` (submitit: one SLURM
+Torch threads per job are params.yaml's ``compute.threads``, a tracked param of every model
+stage, so a job computes exactly what a serial ``dvc repro`` computes; local executors run at
+most ``cores // compute.threads`` jobs at once (fewer than ``--workers`` when that is more).
+
+Executors: ``local`` (N worker processes here, one GPU per worker through
+``CUDA_VISIBLE_DEVICES`` when there are GPUs), ``slurm`` (submitit: one SLURM
 job per stage, a GPU only for stages that load a model) and ``submitit-local`` (submitit's local
 executor, how the SLURM path is tested on one machine).
 """
@@ -53,7 +57,6 @@ CARRIED = ("params.yaml", "dvc.lock")
 DEFAULTS = {
     "executor": "local",
     "workers": 2,
-    "threads": 0,            # torch threads per job; 0 = cores / workers
     "remote": "",            # DVC remote for clusters without a shared file system
     "finish": True,          # run `dvc repro` in the workspace afterwards (restores from the run-cache)
     "slurm": {"partition": "", "gpus_per_job": 1, "cpus_per_job": 8, "mem_gb": 64, "time_min": 240,
@@ -445,27 +448,25 @@ def remove_worktree(root: Path, work: Path) -> None:
     _git(root, "worktree", "prune", check=False)
 
 
-def job_overrides(work: Path, threads: int, gpu: str | None) -> dict:
+def job_overrides(work: Path, gpu: str | None) -> dict:
     """The variables a job sets on top of the environment it starts in: the job's own source
-    tree first on PYTHONPATH, torch threads, its GPU, and ``RGA_DATA_MIRROR`` made absolute (the
-    job runs in another folder)."""
+    tree first on PYTHONPATH, its GPU, and ``RGA_DATA_MIRROR`` made absolute (the job runs in
+    another folder). No thread variables: the stage sets torch's threads from
+    ``compute.threads``, as in a serial run, so the job's environment matches it."""
     env = {"PYTHONPATH": str(work / "src") + (os.pathsep + os.environ["PYTHONPATH"]
                                               if os.environ.get("PYTHONPATH") else "")}
     if os.environ.get("RGA_DATA_MIRROR"):
         env["RGA_DATA_MIRROR"] = str(Path(os.environ["RGA_DATA_MIRROR"]).resolve())
-    if threads:
-        for k in ("RGA_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            env[k] = str(threads)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
 
 
-def job_env(root: Path, work: Path, threads: int, gpu: str | None) -> dict:
+def job_env(root: Path, work: Path, gpu: str | None) -> dict:
     """The full environment of a local job: this process's, with :func:`job_overrides`."""
     env = dict(os.environ)
     env.pop("RGA_ROOT", None)
-    env.update(job_overrides(work, threads, gpu))
+    env.update(job_overrides(work, gpu))
     return env
 
 
@@ -665,6 +666,10 @@ def load_settings(root: Path, overrides: dict) -> dict:
     if not isinstance(section, dict) or not isinstance(section.get("slurm") or {}, dict):
         raise LaunchError("params.yaml: launch (and launch.slurm) must be a mapping of settings, e.g. "
                           "launch: {executor: local, workers: 2}")
+    if "threads" in section or overrides.get("threads") is not None:
+        raise LaunchError("launch.threads / --threads is gone: torch threads per job are compute.threads in "
+                          "params.yaml, a tracked param of every model stage (the same stage gives other numbers "
+                          "with another thread count), used by dvc repro and by every launcher job alike")
     unknown = set(section) - set(DEFAULTS)
     if unknown:
         raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.' + k for k in unknown)}; "
@@ -674,15 +679,18 @@ def load_settings(root: Path, overrides: dict) -> dict:
         raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.slurm.' + k for k in bad_slurm)}; "
                           f"valid keys: {', '.join('launch.slurm.' + k for k in DEFAULTS['slurm'])}")
     out = {**DEFAULTS, **section, "slurm": {**DEFAULTS["slurm"], **(section.get("slurm") or {})}}
-    out.update({k: v for k, v in overrides.items() if v is not None})
+    out.update({k: v for k, v in overrides.items() if v is not None and k != "threads"})
     if out["executor"] not in EXECUTORS:
         raise LaunchError(f"unknown executor {out['executor']!r} (launch.executor / --executor); "
                           f"valid choices: {', '.join(EXECUTORS)}")
     if not isinstance(out["workers"], int) or out["workers"] < 1:
         raise LaunchError(f"launch.workers / --workers must be a positive integer, got {out['workers']!r}")
-    if not isinstance(out["threads"], int) or out["threads"] < 0:
-        raise LaunchError(f"launch.threads / --threads must be an integer >= 0 (0 = cores / workers), "
-                          f"got {out['threads']!r}")
+    from .pipeline import compute_settings
+
+    try:
+        out["threads"] = compute_settings(params)["threads"]
+    except ValueError as err:
+        raise LaunchError(f"params.yaml: {err}") from None
     if not isinstance(out["finish"], bool):
         raise LaunchError(f"launch.finish must be true or false, got {out['finish']!r}")
     if not isinstance(out["remote"], str):
@@ -712,7 +720,7 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
     Args:
         root: the workspace (a git + DVC repository with at least one commit).
         targets: stage names or addresses to run with their upstream (default: the whole DAG).
-        overrides: settings over params.yaml's ``launch:`` (executor, workers, threads, remote,
+        overrides: settings over params.yaml's ``launch:`` (executor, workers, remote,
             finish).
 
     Returns:
@@ -729,10 +737,17 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
     with WorkspaceLock(root):
         commit = check_workspace(root, output_paths(root))
         jobs = plan(root, targets)
-        workers = cfg["workers"]
+        workers, threads = cfg["workers"], cfg["threads"]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = cfg["threads"] or (cfg["slurm"]["cpus_per_job"] if cfg["executor"] == "slurm"
-                                     else max(cores // workers, 1))
+        if cfg["executor"] == "slurm":
+            if cfg["slurm"]["cpus_per_job"] < threads:
+                raise LaunchError(f"launch.slurm.cpus_per_job {cfg['slurm']['cpus_per_job']} is below compute.threads "
+                                  f"{threads}: give each job at least as many CPUs as the torch threads it runs")
+        elif workers * threads > cores:
+            fit = max(cores // threads, 1)
+            progress_stream.write(f"[rga-launch] {workers} workers x compute.threads {threads} > {cores} cores: "
+                                  f"running {fit} job(s) at a time (compute.threads is tracked, so it is not lowered)\n")
+            workers = fit
         remote = cfg["remote"]
         logs = root / LAUNCH_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -750,7 +765,7 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
         if remote:
             check_remote(root, remote)
             _dvc(root, ["push", "-r", remote], "push the workspace's data to the remote")
-        result = _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs,
+        result = _schedule(root, commit, jobs, executor, workers, cache, remote, shared_group, logs,
                            Progress(len(jobs), workers, progress_stream))
         if cfg["finish"] and (result.done or not jobs):
             # with failures, the stages that did finish are still brought into the workspace
@@ -849,7 +864,7 @@ def _pick(ready: list[Job], have: set[str]) -> Job:
                                      [-ord(c) for c in j.name]))
 
 
-def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, shared_group, logs, progress):
+def _schedule(root, commit, jobs, executor, workers, cache, remote, shared_group, logs, progress):
     """Run ``jobs`` in dependency order, at most ``workers`` at a time (stages DVC cannot
     run-cache: one at a time in the workspace).
 
@@ -882,7 +897,7 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
         job.slot = slot
         gpu = executor.gpu_for(slot) if per_worker else None
         if not job.cacheable:  # runs in the workspace itself (its persist outputs stay there)
-            env = job_env(root, root, threads, gpu)
+            env = job_env(root, root, gpu)
             with open(job.log, "ab") as out:
                 job.handle = subprocess.Popen(["dvc", "repro", *(["--pull"] if remote else []), job.name], cwd=root,
                                               env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -901,10 +916,10 @@ def _schedule(root, commit, jobs, executor, workers, threads, cache, remote, sha
         copy_outputs(root, job.workdir, job.copy_outs)
         if per_worker:
             job.handle = executor.submit(job, job_command(job, remote), job.workdir,
-                                         job_env(root, job.workdir, threads, gpu), job.log)
+                                         job_env(root, job.workdir, gpu), job.log)
         else:
             job.handle = executor.submit(job, job_command(job, remote), job.workdir,
-                                         job_overrides(job.workdir, threads, None), job.log)
+                                         job_overrides(job.workdir, None), job.log)
 
     def poll(job: Job) -> int | None:
         if not job.cacheable or per_worker:
@@ -1012,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("targets", nargs="*", help="stage names or addresses (default: the whole pipeline)")
     p.add_argument("--executor", choices=EXECUTORS, help="default: launch.executor in params.yaml (local)")
     p.add_argument("--workers", "-j", type=int, help="jobs at a time (default: launch.workers, 2)")
-    p.add_argument("--threads", type=int, help="torch threads per job (default: cores / workers)")
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # gone: compute.threads (refused with the reason)
     p.add_argument("--remote", help="DVC remote for clusters without a shared file system")
     p.add_argument("--no-finish", dest="finish", action="store_false", default=None,
                    help="do not run `dvc repro` in the workspace afterwards")

@@ -64,6 +64,16 @@ def detection_warning(det: dict) -> str | None:
     return "; ".join(notes) or None
 
 
+NAN = float("nan")
+
+
+def ran(result: dict) -> bool:
+    """False for a method's metrics file that says ``status: skipped`` (a degenerate cell,
+    :func:`rga.stagekit.write_skipped_result`); True otherwise (files from before the field
+    existed ran)."""
+    return result.get("status", "ran") != "skipped"
+
+
 def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], target_labels: dict) -> list[dict]:
     """One row per cell x method (plus the poisoned model as method ``poisoned``).
 
@@ -78,7 +88,9 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
         num_labels, pacc, delta_pacc (= |PACC_ReTrain − PACC_method|), trigger_shift,
         delta_trigger_shift (= trigger_shift − ReTrain's, same cell and seed: ReTrain itself
         scores some shift, e.g. on HiddenKiller), the detection scores (detector, precision,
-        recall, F1, forget rows and their poisoned rows) and the poisoned model's before values.
+        recall, F1, forget rows and their poisoned rows) and the poisoned model's before values;
+        ``status`` ("ran" or "skipped") and ``skip_reason``. A skipped method's metrics (and
+        every delta against a skipped ReTrain) are NaN, never a stand-in value.
 
     Raises:
         MissingCellError: a ReTrain (or other) metrics file is missing; names the cell.
@@ -95,20 +107,22 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
         for m in methods:
             if m != "retrain":
                 results[m] = _read(metrics_dir / "unlearn" / f"{cell}-{m}.json", f"{m} metrics of cell {cell}")
-        shifts = {}
+        shifts = {m: (trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
+                                    target_labels[dataset])["trigger_shift"] if ran(r) else NAN)
+                  for m, r in results.items()}
         for m, r in results.items():
-            shifts[m] = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
-                                      target_labels[dataset])["trigger_shift"]
-        for m, r in results.items():
-            ts = trigger_shift(r.get("confusion_clean_matched", r["confusion_clean"]), r["confusion_triggered"],
-                               target_labels[dataset])
+            # a method skipped on a degenerate cell has null metrics: NaN here, so every mean, std and
+            # interval leaves it out (and so does every comparison with a skipped ReTrain)
+            ok = ran(r) and ran(rt)
             rows.append({"model": model, "dataset": dataset, "attack": attack, "seed": int(seed), "method": m,
-                         "cacc": r["cacc"], "lfr": r["lfr"],
-                         "lfr_any": lfr_any(r["confusion_triggered"], target_labels[dataset]),
-                         "num_labels": len(r["confusion_triggered"]), "pacc": r["pacc"],
-                         "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]),
-                         "trigger_shift": ts["trigger_shift"],
-                         "delta_trigger_shift": ts["trigger_shift"] - shifts["retrain"],
+                         "status": "ran" if ran(r) else "skipped",
+                         "skip_reason": None if ran(r) else r.get("reason"),
+                         "cacc": r["cacc"] if ran(r) else NAN, "lfr": r["lfr"] if ran(r) else NAN,
+                         "lfr_any": lfr_any(r["confusion_triggered"], target_labels[dataset]) if ran(r) else NAN,
+                         "num_labels": len(before["confusion_triggered"]), "pacc": r["pacc"] if ran(r) else NAN,
+                         "delta_pacc": delta_pacc(rt["pacc"], r["pacc"]) if ok else NAN,
+                         "trigger_shift": shifts[m],
+                         "delta_trigger_shift": shifts[m] - shifts["retrain"] if ok else NAN,
                          "detect_f1": f1, "detect_warning": warning,
                          "detector": det.get("detector"), "detect_precision": det.get("precision"),
                          "detect_recall": det.get("recall"), "forget_rows": det.get("flagged"),
@@ -116,6 +130,12 @@ def summary_rows(metrics_dir: Path, cells: list[tuple], methods: list[str], targ
                          "poisoned_cacc": before["cacc"], "poisoned_lfr": before["lfr"],
                          "poisoned_pacc": before["pacc"]})
     return rows
+
+
+def mean_or_none(values: pd.Series, digits: int = 2) -> float | None:
+    """The mean of the non-missing values rounded to ``digits``, None when there are none."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return round(float(v.mean()), digits) if len(v) else None
 
 
 def group_name(model: str, dataset: str, attack: str) -> str:
@@ -129,7 +149,9 @@ def summary_json(rows: list[dict], intervals: dict | None = None) -> dict:
     delta_pacc_hi, pacc, cacc}}}`` for every unlearning method (ReTrain, the reference, and the
     poisoned model are in ``report/summary_rows.csv``, with per-seed rows, LFR, trigger shift and
     the rest). The interval bounds come from ``intervals`` (:func:`bootstrap_intervals` per
-    group); without them they are left out.
+    group); without them they are null. ``seeds_run`` of ``seeds``: the seeds the method ran on
+    (a degenerate cell's skipped seeds are left out of every mean and bound; a method that ran on
+    none has nulls). The keys are the same whether or not a cell was skipped.
     """
     df = pd.DataFrame(rows)
     out: dict = {}
@@ -143,11 +165,11 @@ def summary_json(rows: list[dict], intervals: dict | None = None) -> dict:
             if m in ("poisoned", "retrain"):
                 continue
             gm = g[g.method == m]
-            vals = {"delta_pacc": round(float(gm.delta_pacc.mean()), 2), "pacc": round(float(gm.pacc.mean()), 2),
-                    "cacc": round(float(gm.cacc.mean()), 2)}
+            vals = {k: mean_or_none(gm[k]) for k in ("delta_pacc", "pacc", "cacc")}
+            vals.update(seeds_run=int(gm.delta_pacc.notna().sum()), seeds=int(len(gm)))
             ci = ((intervals or {}).get(name) or {}).get(m)
-            if ci:
-                vals["delta_pacc_lo"], vals["delta_pacc_hi"] = (round(float(v), 2) for v in ci["delta_pacc"])
+            lo, hi = ci["delta_pacc"] if ci else (None, None)
+            vals["delta_pacc_lo"], vals["delta_pacc_hi"] = (None if v is None else round(float(v), 2) for v in (lo, hi))
             entry[m] = vals
         out[name] = entry
     return out
@@ -164,8 +186,9 @@ def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str]) ->
     :func:`rga.stagekit.predictions_table`) grouped for :func:`bootstrap_intervals`.
 
     Returns:
-        ``{<model>-<dataset>-<attack>: {method: [table of seed 1, table of seed 2, ...]}}`` with
-        ReTrain included; seeds in the order of ``cells``.
+        ``{<model>-<dataset>-<attack>: {method: {seed: table}}}`` with ReTrain included; seeds
+        in the order of ``cells``. A method skipped on a degenerate cell (its file has the header
+        and no row, :func:`rga.stagekit.write_skipped_result`) has no entry for that seed.
 
     Raises:
         MissingCellError: a predictions file is missing (names the cell and method).
@@ -179,7 +202,10 @@ def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str]) ->
             if not path.is_file():
                 raise MissingCellError(f"missing per-row predictions of {m} in cell {cell}: {path} "
                                        "(run `dvc repro` for that cell)")
-            group.setdefault(m, []).append(pd.read_csv(path))
+            tab = pd.read_csv(path)
+            group.setdefault(m, {})
+            if len(tab):
+                group[m][int(seed)] = tab
     return out
 
 
@@ -209,10 +235,13 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
     per-seed value, e.g. ``|PACC_ReTrain,s − PACC_method,s|`` on the drawn rows. The interval is
     the percentile interval at ``level`` % (paper §6.1 defines ΔPACC; the bootstrap is ours).
 
+    Seeds where a method or ReTrain was skipped (a degenerate cell) are left out of that
+    method's interval: each method is resampled over the seeds it shares with ReTrain.
+
     Args:
-        preds: ``{method: [per-seed table]}`` with ``retrain`` among them; every table has the
-            same n rows (columns ``label``, ``pred``, ``clean_pred``, as written by
-            :func:`rga.stagekit.predictions_table`).
+        preds: ``{method: {seed: table}}`` (or ``{method: [table per seed]}``) with ``retrain``
+            among them; every table has the same n rows (columns ``label``, ``pred``,
+            ``clean_pred``, as written by :func:`rga.stagekit.predictions_table`).
         target_label, num_labels: the dataset's.
         n_boot: replicates B; seed: the resampling seed (same inputs, same intervals).
 
@@ -221,7 +250,8 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
 
     Returns:
         ``{method: {"delta_pacc": (lo, hi), "trigger_shift": (lo, hi),
-        "delta_trigger_shift": (lo, hi)}}`` in percentage points, ReTrain excluded; the two
+        "delta_trigger_shift": (lo, hi)}}`` in percentage points, ReTrain excluded, and so is a
+        method that shares no seed with ReTrain (it never ran); the two
         trigger-shift intervals are ``None`` when some triggered rows are not matched to their
         clean rows (``clean_row`` −1, see :func:`rga.stagekit.predictions_table`).
 
@@ -231,35 +261,54 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
     """
     if "retrain" not in preds:
         raise ValueError("the paired bootstrap needs ReTrain's predictions (method 'retrain')")
-    n_seeds = len(preds["retrain"])
-    n = len(preds["retrain"][0])
+    preds = {m: dict(enumerate(t)) if isinstance(t, (list, tuple)) else dict(t) for m, t in preds.items()}
+    if not preds["retrain"]:
+        return {}  # ReTrain ran on no seed: nothing to compare with
+    n = len(next(iter(preds["retrain"].values())))
     for m, tabs in preds.items():
-        if len(tabs) != n_seeds or any(len(t) != n for t in tabs):
-            raise ValueError(f"method {m!r}: {len(tabs)} seeds with {[len(t) for t in tabs]} rows, but ReTrain has "
-                             f"{n_seeds} seeds of {n} rows; the paired bootstrap needs the same fixed test set "
-                             "for every method and seed")
+        if any(len(t) != n for t in tabs.values()):
+            raise ValueError(f"method {m!r}: seeds with {[len(t) for t in tabs.values()]} rows, but ReTrain has "
+                             f"{n} rows; the paired bootstrap needs the same fixed test set for every method and seed")
     rng = np.random.default_rng([seed, 505])
     idx = rng.integers(0, n, size=(n_boot, n))
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else np.zeros((n_boot, 1), int)
     cols = np.arange(n_boot)[:, None]
+    draws: dict[tuple, np.ndarray] = {}  # one seed draw per set of seeds (the same for methods sharing it)
 
-    def per_seed(fn) -> dict[str, np.ndarray]:  # method -> [B, drawn seeds]
-        return {m: np.stack([fn(t) for t in tabs], axis=1)[cols, seeds] for m, tabs in preds.items()}
+    def seed_draw(shared: tuple) -> np.ndarray:
+        if shared not in draws:
+            k = len(shared)
+            draws[shared] = rng.integers(0, k, size=(n_boot, k)) if k > 1 else np.zeros((n_boot, 1), int)
+        return draws[shared]
 
-    pacc = per_seed(lambda t: 100.0 * (t["pred"].to_numpy() == t["label"].to_numpy())[idx].mean(1))
+    def per_seed(fn, m: str, shared: tuple) -> np.ndarray:  # [B, drawn seeds]
+        return np.stack([fn(preds[m][s]) for s in shared], axis=1)[cols, seed_draw(shared)]
+
+    def pacc(t):
+        return 100.0 * (t["pred"].to_numpy() == t["label"].to_numpy())[idx].mean(1)
+
+    def shift(t):
+        return _shift_per_replicate(t, idx, target_label, num_labels)
+
     # the trigger shift compares each triggered row with its own clean row: only where they are matched
-    matched = all((t["clean_row"].to_numpy() >= 0).all() for tabs in preds.values() for t in tabs)
-    shift = per_seed(lambda t: _shift_per_replicate(t, idx, target_label, num_labels)) if matched else None
+    matched = all((t["clean_row"].to_numpy() >= 0).all() for tabs in preds.values() for t in tabs.values())
     tail = (100.0 - level) / 2
 
     def interval(values: np.ndarray) -> tuple[float, float]:
         lo, hi = np.nanpercentile(values.mean(1), [tail, 100.0 - tail])
         return float(lo), float(hi)
 
-    return {m: {"delta_pacc": interval(np.abs(pacc["retrain"] - pacc[m])),
-                "trigger_shift": interval(shift[m]) if matched else None,
-                "delta_trigger_shift": interval(shift[m] - shift["retrain"]) if matched else None}
-            for m in preds if m != "retrain"}
+    out = {}
+    for m in preds:
+        shared = tuple(s for s in preds["retrain"] if s in preds[m])
+        if m == "retrain" or not shared:
+            continue
+        d_pacc = np.abs(per_seed(pacc, "retrain", shared) - per_seed(pacc, m, shared))
+        if matched:
+            sm = per_seed(shift, m, shared)
+            d_shift = sm - per_seed(shift, "retrain", shared)
+        out[m] = {"delta_pacc": interval(d_pacc), "trigger_shift": interval(sm) if matched else None,
+                  "delta_trigger_shift": interval(d_shift) if matched else None}
+    return out
 
 
 def best_separated(means: dict[str, float], intervals: dict[str, tuple[float, float]] | None) -> str | None:
@@ -299,30 +348,52 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
     method's (:func:`best_separated`); overlapping intervals bold nothing. Rows whose detection
     stage left a warning (or whose detection F1 is below 0.5) get a † after the attack, a
     footnote with the warning, and no bold (the unlearning there says little about the methods).
+    "Seeds run" says on how many of the row's seeds every method ran ("k of n"); rows with a
+    method skipped on a degenerate cell get a ‡ and a footnote with the reason, those seeds are
+    left out of the method's mean, std, interval and of the bold verdict; a method that ran on
+    no seed shows "skipped".
 
     Returns:
         ``(markdown, dataframe)``; the dataframe holds the means, stds and interval bounds.
     """
     df = pd.DataFrame(rows)
     methods = ["retrain"] + [m for m in dict.fromkeys(methods) if m != "retrain"]
-    header = ["Model", "Dataset", "Attack"]
+    header = ["Model", "Dataset", "Attack", "Seeds run"]
     for m in methods:
         cols = ["CACC", "LFR", "PACC"] + ([] if m == "retrain" else ["ΔPACC"])
         header += [f"{display(m)} {c}" for c in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     records, notes = [], []
+    if "status" not in df:
+        df = df.assign(status="ran", skip_reason=None)
     for (model, dataset, attack), g in df.groupby(["model", "dataset", "attack"], sort=False):
-        cells = [model, dataset, attack]
+        n_seeds = int(g.seed.nunique())
+        # seeds each method has a result on (ReTrain included: a ΔPACC needs both)
+        k_of = {m: int(g[g.method == m]["delta_pacc" if m != "retrain" else "pacc"].notna().sum()) for m in methods}
+        k_all = min(k_of.values())
+        cells = [model, dataset, attack, f"{k_all} of {n_seeds}"]
         ci = (intervals or {}).get(group_name(model, dataset, attack)) or {}
-        means = {m: g[g.method == m]["delta_pacc"].mean() for m in methods if m != "retrain"}
+        means = {m: g[g.method == m]["delta_pacc"].mean() for m in methods if m != "retrain" and k_of[m]}
         warnings = sorted({w for w in g.get("detect_warning", pd.Series(dtype=object)).dropna()})
+        skipped = g[g.status == "skipped"]
         best = None if warnings else best_separated(means, {m: v["delta_pacc"] for m, v in ci.items()})
         if warnings:
             notes.append(f"† {model} / {dataset} / {attack}: detection warning: {'; '.join(warnings)}")
             cells[2] = f"{attack} †"
-        rec = {"model": model, "dataset": dataset, "attack": attack, "seeds": int(g.seed.nunique())}
+        if len(skipped):
+            by_seed = skipped.groupby("seed", sort=True)
+            notes.append(f"‡ {model} / {dataset} / {attack}: not run (status: skipped, left out of every mean, "
+                         "interval and verdict) on " + "; ".join(
+                             f"seed {sd} ({', '.join(display(m) for m in dict.fromkeys(gs.method))}): "
+                             f"{gs.skip_reason.dropna().iloc[0] if gs.skip_reason.notna().any() else 'skipped'}"
+                             for sd, gs in by_seed))
+            cells[2] += " ‡"
+        rec = {"model": model, "dataset": dataset, "attack": attack, "seeds": n_seeds, "seeds_run": k_all}
         for m in methods:
             gm = g[g.method == m]
+            if not k_of[m]:  # ran on no seed: no number at all
+                cells += ["skipped"] * (3 if m == "retrain" else 4)
+                continue
             for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc", "delta_trigger_shift")):
                 if k == "delta_trigger_shift":  # in the dataframe only (the shift table shows it)
                     if k in gm:
@@ -331,6 +402,8 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
                 s = format_mean_std(gm[k].tolist())
                 if k == "delta_pacc":
                     s += format_interval(ci.get(m, {}).get("delta_pacc"))
+                    if k_of[m] != k_all:
+                        s += f" ({k_of[m]} of {n_seeds} seeds)"
                     if m == best:
                         s = f"**{s}**"
                     if m in ci:
@@ -339,8 +412,9 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
                             rec[f"{m}_delta_trigger_shift_lo"], rec[f"{m}_delta_trigger_shift_hi"] = \
                                 ci[m]["delta_trigger_shift"]
                 cells.append(s)
-                rec[f"{m}_{k}_mean"] = float(gm[k].mean())
-                rec[f"{m}_{k}_std"] = float(gm[k].std(ddof=1)) if len(gm) > 1 else 0.0
+                vals = gm[k].dropna()
+                rec[f"{m}_{k}_mean"] = float(vals.mean())
+                rec[f"{m}_{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         lines.append("| " + " | ".join(cells) + " |")
         records.append(rec)
     text = "\n".join(lines) + "\n"
@@ -364,8 +438,11 @@ def shift_table(rows: list[dict], intervals: dict | None = None) -> str:
         cells = [model, dataset, attack, f"{f1.mean():.3f}" if len(f1) else "–"]
         for m in methods:
             gm = g[g.method == m]
+            if not gm["trigger_shift"].notna().any():
+                cells.append("skipped")
+                continue
             text = format_mean_std(gm["trigger_shift"].tolist()) + format_interval(ci.get(m, {}).get("trigger_shift"))
-            if m not in ("poisoned", "retrain") and "delta_trigger_shift" in gm:
+            if m not in ("poisoned", "retrain") and "delta_trigger_shift" in gm and gm["delta_trigger_shift"].notna().any():
                 text += f" (Δ {gm['delta_trigger_shift'].mean():.2f}{format_interval(ci.get(m, {}).get('delta_trigger_shift'))})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -387,7 +464,8 @@ def lfr_table(rows: list[dict]) -> str:
         cells = [model, dataset, attack]
         for m in methods:
             gm = g[g.method == m]
-            cells.append(f"{gm['lfr'].mean():.2f} / {gm['lfr_any'].mean():.2f}" if len(gm) else "–")
+            cells.append(f"{gm['lfr'].mean():.2f} / {gm['lfr_any'].mean():.2f}" if gm["lfr"].notna().any()
+                         else "skipped" if len(gm) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -468,7 +546,7 @@ def overlay_tables(curves_by_cell: dict[str, dict[str, pd.DataFrame]], retrain: 
         parts = []
         for cell, curves in curves_by_cell.items():
             epochs = sorted({int(e) for df in curves.values() for e in df["epoch"]})
-            if metric in retrain.get(cell, {}) and epochs:
+            if retrain.get(cell, {}).get(metric) is not None and epochs:
                 parts.append(pd.DataFrame({"cell": cell, "method": "retrain", "epoch": epochs,
                                            metric: float(retrain[cell][metric])}))
             for method, df in curves.items():
@@ -535,3 +613,36 @@ def plot_confusions(mats: dict[str, np.ndarray], names: list[str], cell: str):
     fig.suptitle(f"Fully triggered test set (trigger in every class, original labels) — {cell}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def compute_section(metrics_dir: Path) -> str:
+    """Markdown: the compute that made a run's numbers, once per distinct setting, from the
+    ``compute`` field of every model stage's metrics file under ``metrics_dir`` (``poisoned/``,
+    ``detect/``, ``unlearn/``): device, CPU or GPU, oneDNN's instruction set, library versions,
+    precision and torch threads, with how many metrics files each setting made. Empty string
+    when no file records it (files from before the field existed)."""
+    seen: dict[str, list] = {}
+    for sub in ("poisoned", "detect", "unlearn"):
+        for path in sorted((Path(metrics_dir) / sub).glob("*.json")):
+            c = json.loads(path.read_text(encoding="utf-8")).get("compute")
+            if c:  # one line per setting; the precisions of the model stages that ran under it are listed
+                key = json.dumps({k: v for k, v in c.items() if k != "precision"}, sort_keys=True)
+                entry = seen.setdefault(key, [c, 0, set()])
+                entry[1] += 1
+                if c.get("precision"):
+                    entry[2].add(c["precision"])
+    if not seen:
+        return ""
+    lines = []
+    for c, count, precisions in seen.values():
+        where = (f"GPU {c.get('gpu')} (CUDA {c.get('cuda')})" if c.get("gpu") else
+                 f"CPU {c.get('cpu')}, oneDNN ISA: {c.get('onednn_isa') or 'unknown'}"
+                 + (f" (capped at {c['onednn_max_isa']})" if c.get("onednn_max_isa") else "")
+                 + f", ATen vector ISA {c.get('cpu_capability')}")
+        lines.append(f"- {where}; precision {', '.join(sorted(precisions)) or '–'}, {c.get('threads')} torch thread(s); "
+                     f"torch {c.get('torch')}, transformers {c.get('transformers')}, dvc {c.get('dvc')}, "
+                     f"Python {c.get('python')} ({count} metrics file{'s' if count != 1 else ''})")
+    return ("\n## Compute\n\nWhere these numbers were made (the `compute` field of each model stage's metrics "
+            "file). They are reproducible bit for bit on the same hardware, library versions, precision and "
+            "thread count; on other hardware they move within about the seed spread (README "
+            "\"Reproducibility\").\n\n" + "\n".join(lines) + "\n")

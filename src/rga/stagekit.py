@@ -60,9 +60,33 @@ def write_method_result(cell: str, method: str, metrics: dict, preds: dict, clea
     write_csv(predictions_table(preds, clean, trig), predictions_path(cell, method))
     write_json(confusion_rows(preds["triggered"], trig["label"], names),
                ROOT / "plots" / "confusion" / f"{cell}-{method}.json")
-    write_json({"cell": cell, "method": method, **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
+    write_json({"cell": cell, "method": method, "status": "ran", **{k: metrics[k] for k in ("cacc", "lfr", "pacc")},
                 "trigger_shift": metrics["trigger_shift"], "shift_class": metrics["shift_class"],
                 "lfr_per_class": metrics["lfr_per_class"], "confusion_clean": metrics["confusion_clean"],
                 "confusion_clean_matched": metrics["confusion_clean_matched"],
                 "confusion_triggered": metrics["confusion_triggered"], **extra},
+               ROOT / "metrics" / "unlearn" / f"{cell}-{method}.json")
+
+
+METRIC_FIELDS = ("cacc", "lfr", "pacc", "trigger_shift", "shift_class", "lfr_per_class", "confusion_clean",
+                 "confusion_clean_matched", "confusion_triggered")
+PREDICTION_COLUMNS = ("label", "pred", "clean_row", "clean_label", "clean_pred")
+
+
+def write_skipped_result(cell: str, method: str, reason: str, forget_rows: int, retain_rows: int,
+                         extra: dict) -> None:
+    """The result files of a method that did not run on a degenerate cell
+    (:func:`rga.detection.degenerate_reason`): the same three files as
+    :func:`write_method_result`, so the DAG goes on, with nothing that could pass for a result.
+
+    metrics/unlearn/<cell>-<method>.json holds ``status: "skipped"``, ``reason``,
+    ``forget_rows``, ``retain_rows`` and every metric field of a normal run (:data:`METRIC_FIELDS`)
+    as null; the predictions CSV has its header and no row; the confusion rows are empty. The
+    report leaves such a method out of every mean, interval and verdict (never the poisoned
+    model's numbers in its place: the poisoned model's trigger shift is negative, so it would look
+    best)."""
+    write_csv(pd.DataFrame(columns=list(PREDICTION_COLUMNS)), predictions_path(cell, method))
+    write_json([], ROOT / "plots" / "confusion" / f"{cell}-{method}.json")
+    write_json({"cell": cell, "method": method, "status": "skipped", "reason": reason, "forget_rows": int(forget_rows),
+                "retain_rows": int(retain_rows), **{k: None for k in METRIC_FIELDS}, **extra},
                ROOT / "metrics" / "unlearn" / f"{cell}-{method}.json")

@@ -10,6 +10,10 @@ import pandas as pd
 from .io import write_csv
 
 
+class EmptyRepositoryError(RuntimeError):
+    """The stage runs in a git repository without a commit, where DVCLive cannot log."""
+
+
 class EpochLogger:
     """Logs numeric fields of epoch records with DVCLive (one step per epoch) and keeps a
     CSV (``history.csv`` in the same folder) rewritten atomically after every epoch, so the
@@ -18,6 +22,10 @@ class EpochLogger:
     Args:
         folder: DVCLive directory (``plots/...``), declared as a DVC plot output.
         fields: record keys to log as DVCLive metrics (others only go to the CSV).
+
+    Raises:
+        EmptyRepositoryError: the repository has no commit yet (DVCLive fails there with a raw
+            ``SCMError: Empty git repo``); the message says to commit first.
     """
 
     def __init__(self, folder: str | Path, fields: tuple[str, ...]):
@@ -26,7 +34,15 @@ class EpochLogger:
         self.folder = Path(folder)
         self.fields = fields
         self.rows: list[dict] = []
-        self.live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=None, report=None, resume=False)
+        try:
+            self.live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=None, report=None, resume=False)
+        except Exception as err:  # scmrepo's SCMError; DVCLive asks git for HEAD even with experiments off
+            if "Empty git repo" in str(err):
+                raise EmptyRepositoryError(
+                    f"cannot log to {self.folder}: this git repository has no commit yet (DVCLive needs one). "
+                    "Commit the pipeline first: git add -A && git commit -m 'pipeline', then run dvc repro again"
+                ) from None
+            raise
 
     def log(self, step: int, record: dict) -> None:
         self.live.step = step
