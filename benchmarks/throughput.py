@@ -48,7 +48,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--rows", type=int, default=640)
 p.add_argument("--forget", type=int, default=100)
 p.add_argument("--repeats", type=int, default=2, help="best of N for each timed figure")
-p.add_argument("--threads", type=int, default=int(os.environ.get("RGA_THREADS", 0)) or torch.get_num_threads())
+p.add_argument("--threads", type=int, default=torch.get_num_threads())
 p.add_argument("--data", default=os.path.join(os.environ.get("RGA_DATA_MIRROR", "../shared/data"), "sst2", "train.csv"))
 p.add_argument("--child", choices=("baseline", "unlearn", "baseline-unlearn"), help=argparse.SUPPRESS)  # internal
 a = p.parse_args()

@@ -121,3 +121,21 @@ def save_tiny_seq2seq(out: Path, tokenizer, seed: int = 0) -> Path:
 @pytest.fixture
 def tiny_seq2seq_dir(tmp_path, tokenizer) -> Path:
     return save_tiny_seq2seq(tmp_path / "tiny-bart", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Path:
+    """A real single-node SLURM 22.05 cluster on localhost (munge, MariaDB + slurmdbd, slurmctld,
+    slurmd), started by ``scripts/slurm-cluster.sh`` (which installs Debian's packages when they
+    are missing) for this session and stopped at its end. Returns the path for ``SLURM_CONF``."""
+    import subprocess
+
+    state = tmp_path_factory.mktemp("slurm")
+    log = state / "start.log"
+    script = REPO / "scripts" / "slurm-cluster.sh"
+    with open(log, "w") as out:  # a file, not a pipe: the daemons keep their inherited descriptors
+        rc = subprocess.call(["bash", str(script), "start", str(state)], stdout=out, stderr=subprocess.STDOUT,
+                             timeout=600)
+    assert rc == 0, f"the SLURM test cluster did not start:\n{log.read_text()[-3000:]}"
+    yield state / "etc" / "slurm.conf"
+    subprocess.call(["bash", str(script), "stop", str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

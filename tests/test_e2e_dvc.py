@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyrepo import GIT_ID, make_tiny_repo, run, scratch_dir
+from tinyrepo import DEGENERATE_CUBE, GIT_ID, make_tiny_repo, run, scratch_dir
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +208,29 @@ def test_new_methods_rerun_only_their_own_cells_and_reach_the_report(tiny_repo):
         shutil.rmtree(root / "plugins")
 
 
+def test_a_method_that_raises_still_fails_its_stage(tiny_repo):
+    """Only degenerate detection is recorded as a result; a method with a bug fails loudly."""
+    root, ctx = tiny_repo
+    env = ctx["env"]
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    (root / "plugins").mkdir(exist_ok=True)
+    (root / "plugins" / "boom.py").write_text(TOY_PLUGIN.replace('"toy", display="Toy"', '"boom", display="Boom"')
+                                              .replace("    f = F.cross_entropy", "    raise RuntimeError('boom: a bug in the loss')\n    f = F.cross_entropy"))
+    params["matrix"]["plugin_methods"] = ["boom"]
+    params["boom"] = {"scale": 0.5}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    target = f"unlearn_plugin@{CELLS[0]}-boom"
+    try:
+        proc = run(["dvc", "repro", "-s", target], root, env, check=False)
+    finally:
+        (root / "params.yaml").write_text(text)
+        shutil.rmtree(root / "plugins")
+    assert proc.returncode != 0
+    assert "RuntimeError: boom: a bug in the loss" in proc.stdout + proc.stderr
+    assert not (root / "metrics" / "unlearn" / f"{CELLS[0]}-boom.json").exists()
+
+
 def test_missing_paraphrase_table_fails_clearly(tiny_repo):
     root, ctx = tiny_repo
     env = ctx["env"]
@@ -255,15 +278,6 @@ def test_cube_detector_runs_end_to_end(tiny_repo):
     assert oracle["detector"] == "oracle" and oracle["f1"] == 1.0
 
 
-# Real CUBE on the tiny cell's real rows with clusters larger than the data allows: HDBSCAN
-# leaves every row as noise, CUBE flags noise, and without the fit filter every training row is
-# flagged, so the retain set is empty (a degenerate cell). On these 240 rows no CUBE setting
-# flagged zero rows (HDBSCAN always leaves noise, and CUBE flags noise); the empty forget set
-# is the other degenerate case, reached through the same stage code by test_launch's run.
-DEGENERATE_CUBE = {"detector": "cube", "min_cluster_size": 0.4, "min_samples": 0.03, "n_neighbors": 15,
-                   "fit_filter": False}
-
-
 def test_degenerate_detection_is_a_result_and_the_dag_finishes(tiny_repo):
     import pandas as pd
 
@@ -299,12 +313,15 @@ def test_degenerate_detection_is_a_result_and_the_dag_finishes(tiny_repo):
         assert results[(cell, "retrain")]["status"] == "ran" and results[(cell, "retrain")]["pacc"] is not None
     assert len(preds) == 0 and len(hist) == 0  # nothing that could pass for a result
     # the same keys as a normal run, with nulls where nothing ran
-    assert {g: {m: set(v) if isinstance(v, dict) else None for m, v in e.items()} for g, e in summary.items()} == \
-        {g: {m: set(v) if isinstance(v, dict) else None for m, v in e.items()} for g, e in normal_summary.items()}
+    # (the normal summary on disk may hold an earlier test's plugin method too: compare per method)
+    assert set(summary) == set(normal_summary)
+    for g, entry in summary.items():
+        assert set(entry) == {"detect_f1", *methods}
+        assert all(set(entry[m]) == set(normal_summary[g]["ga"]) for m in methods)
     for group in summary.values():
         for m in methods:
             assert group[m]["delta_pacc"] is None and group[m]["seeds_run"] == 0 and group[m]["seeds"] == 1
-    assert "| minilm | sst2 | badnets ‡ | 0 of 1 |" in table
+    assert "| minilm | sst2 | badnets † ‡ | 0 of 1 |" in table  # † too: F1 of flagging every row
     assert "‡ minilm / sst2 / badnets: not run (status: skipped, left out of every mean, interval and verdict) " \
            "on seed 0 (GA, NPO" in table
     assert "**" not in table.split("## Trigger shift")[0]  # no verdict from cells that did not run

@@ -332,6 +332,64 @@ def test_a_failing_cell_does_not_stop_the_others_and_a_relaunch_matches_serial(r
     assert lock_without_timings(root) == lock_without_timings(ref)
 
 
+def test_degenerate_detection_through_the_launcher_finishes_and_is_recorded(reference, tmp_path):
+    """A training set with no poisoned row (attack.poison_rate 0, a user checking a clean dataset):
+    the detector flags no row, so the forget set is empty. Through rga-launch with 2 workers every
+    unlearning cell is a recorded skip, the report is made and the launcher exits 0 (byte equality
+    of launched and serial runs: the failing-cell test above)."""
+    ref, env = reference
+    root = clone_of(ref, tmp_path / "degenerate", env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["attack"]["poison_rate"] = 0.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "add", "params.yaml"], root, env)
+    run(["git", *GIT_ID, "commit", "-qm", "no poisoned row"], root, env)
+    proc = launch_cli(root, env, "--workers", "2", check=True)
+    assert "failed; log:" not in proc.stderr and "not run because" not in proc.stderr
+    cell = "minilm-sst2-badnets-0"
+    assert json.loads((root / "metrics" / "detect" / f"{cell}.json").read_text())["flagged"] == 0
+    for m in ("ga", "npo"):
+        res = json.loads((root / "metrics" / "unlearn" / f"{cell}-{m}.json").read_text())
+        assert (res["status"], res["forget_rows"], res["retain_rows"], res["pacc"]) == ("skipped", 0, 240, None)
+        assert res["reason"].startswith(f"cell {cell}: the detected forget set is empty (detection flagged 0 of 240")
+    table = (root / "report" / "table.md").read_text()
+    assert "‡ | 0 of 1 |" in table and "not run (status: skipped" in table
+    summary = json.loads((root / "metrics" / "summary.json").read_text())["minilm-sst2-badnets"]
+    assert summary["ga"]["delta_pacc"] is None and summary["ga"]["seeds_run"] == 0
+    assert run(["dvc", "status", "-q"], root, env, check=False).returncode == 0
+
+
+def test_a_launch_on_a_real_slurm_cluster_matches_the_serial_run(reference, slurm_cluster, tmp_path):
+    """rga-launch --executor slurm against real slurmctld/slurmd/slurmdbd (scripts/slurm-cluster.sh):
+    a request no node can meet is refused before anything is submitted; a fitting one runs every
+    stage as a SLURM job, and the workspace equals the serial run byte for byte."""
+    ref, env = reference
+    env = dict(env, SLURM_CONF=str(slurm_cluster))
+    root = clone_of(ref, tmp_path / "slurm", env)
+    # launch.slurm's defaults (8 CPUs, 64 GB, a GPU per model stage) on a 2-core node without GPUs
+    proc = launch_cli(root, env, "--executor", "slurm", "--workers", "2")
+    assert proc.returncode == 2
+    cpus = int(run(["sinfo", "-h", "-o", "%c"], root, env).stdout.split()[0])
+    if cpus < 8:
+        assert (f"rga-launch: launch.slurm.cpus_per_job / --cpus-per-job 8 exceeds partition 'debug': it has {cpus} "
+                "CPUs per node, so SLURM would keep every job pending forever") in proc.stderr, proc.stderr
+    else:
+        assert "launch.slurm.gpus_per_job / --gpus-per-job 1 exceeds partition 'debug': it has 0 GPUs" in proc.stderr
+    proc = launch_cli(root, env, "--executor", "slurm", "--gpus-per-job", "0", "--mem-gb", "100000")
+    assert proc.returncode == 2 and "launch.slurm.mem_gb / --mem-gb 100000 exceeds partition 'debug'" in proc.stderr
+    assert run(["squeue", "-h"], root, env).stdout.strip() == ""  # nothing was submitted
+    proc = launch_cli(root, env, "--executor", "slurm", "--workers", "2", "--cpus-per-job", "1", "--mem-gb", "4",
+                      "--gpus-per-job", "0", "--time-min", "30", "--sbatch", "comment=rga-test", check=True)
+    assert "DVC still ran" not in proc.stderr
+    states = run(["sacct", "-n", "-X", "-o", "JobName%60,State", "--starttime", "now-1hour"], root, env).stdout
+    names = [ln.split()[0] for ln in states.splitlines() if "COMPLETED" in ln]
+    assert "rga-report" in names and any(n.startswith("rga-unlearn@") for n in names), states
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout
+    assert result_files(root) == result_files(ref)
+    assert lock_without_timings(root) == lock_without_timings(ref)
+
+
 def test_submitit_jobs_through_a_dvc_remote(reference, tmp_path):
     ref, env = reference
     root = clone_of(ref, tmp_path / "remote-user", env)

@@ -274,3 +274,25 @@ def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tiny_bert_fac
     lines = [r.getMessage() for r in caplog.records if r.name == "rga"]
     assert [m.split(":")[0] for m in lines] == ["finetune cellX epoch 1", "finetune cellX epoch 2"]
     assert all("train_loss" in m and "samples_per_s" in m for m in lines)
+
+
+def test_logging_in_a_repository_without_a_commit_says_to_commit_first(tmp_path, monkeypatch):
+    """DVCLive fails in a `git init` folder with no commit (scmrepo's raw 'Empty git repo');
+    the stages' logger stops with a message that says what to do instead."""
+    import subprocess
+    import sys
+
+    from rga.tracking import EmptyRepositoryError, EpochLogger
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EmptyRepositoryError, match=r"this git repository has no commit yet .*Commit the pipeline "
+                                                   r"first: git add -A && git commit"):
+        EpochLogger(tmp_path / "plots" / "x", ("train_loss",))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=tmp_path, check=True)
+    log = EpochLogger(tmp_path / "plots" / "x", ("train_loss",))  # with a commit it logs
+    log.log(1, {"train_loss": 0.5})
+    log.close()
+    assert (tmp_path / "plots" / "x" / "history.csv").read_text().splitlines() == ["epoch,train_loss", "1,0.5"]

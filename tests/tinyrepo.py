@@ -13,6 +13,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GIT_ID = ["-c", "user.name=rga-test", "-c", "user.email=rga-test@example.com"]
 
+# Real CUBE on the tiny cell's real rows with clusters larger than the data allows: HDBSCAN
+# leaves every row as noise, CUBE flags noise, and without the fit filter every training row is
+# flagged, so the retain set is empty (a degenerate cell). On these 240 rows no CUBE setting
+# flagged zero rows (HDBSCAN always leaves noise, and CUBE flags noise); the empty forget set,
+# the other degenerate case, is reached in test_launch on a training set with no poisoned row.
+DEGENERATE_CUBE = {"detector": "cube", "min_cluster_size": 0.4, "min_samples": 0.03, "n_neighbors": 15,
+                   "fit_filter": False}
+
 
 @contextlib.contextmanager
 def scratch_dir(request, tmp_path_factory, name: str) -> Iterator[Path]:

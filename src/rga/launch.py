@@ -679,7 +679,10 @@ def load_settings(root: Path, overrides: dict) -> dict:
         raise LaunchError(f"params.yaml: unknown key(s) {sorted('launch.slurm.' + k for k in bad_slurm)}; "
                           f"valid keys: {', '.join('launch.slurm.' + k for k in DEFAULTS['slurm'])}")
     out = {**DEFAULTS, **section, "slurm": {**DEFAULTS["slurm"], **(section.get("slurm") or {})}}
-    out.update({k: v for k, v in overrides.items() if v is not None and k != "threads"})
+    out.update({k: v for k, v in overrides.items() if v is not None and k not in ("threads", "slurm")})
+    for k, v in (overrides.get("slurm") or {}).items():
+        if v is not None:  # --sbatch options add to launch.slurm.extra
+            out["slurm"][k] = {**out["slurm"]["extra"], **v} if k == "extra" and isinstance(v, dict) else v
     if out["executor"] not in EXECUTORS:
         raise LaunchError(f"unknown executor {out['executor']!r} (launch.executor / --executor); "
                           f"valid choices: {', '.join(EXECUTORS)}")
@@ -712,6 +715,74 @@ def load_settings(root: Path, overrides: dict) -> dict:
     return out
 
 
+def _minutes(limit: str) -> float:
+    """A SLURM time limit (``infinite``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in minutes."""
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return float("inf")
+    days, _, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))
+        h, m, sec = parts
+    else:
+        h, m, sec = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + sec / 60
+
+
+def partition_limits(sinfo_line: str) -> dict:
+    """One line of ``sinfo -h -o "%P|%c|%m|%G|%l"`` as ``{"partition", "cpus", "mem_gb", "gpus",
+    "time_min"}``: the largest request one node of the partition can ever satisfy (a trailing
+    ``*`` marks the default partition; GPUs from the ``gpu:[type:]N`` GRES, 0 without)."""
+    name, cpus, mem, gres, limit = sinfo_line.strip().split("|")
+    gpus = 0
+    for g in gres.split(","):
+        f = g.split("(")[0].split(":")
+        if f[0] == "gpu" and f[-1].isdigit():
+            gpus = max(gpus, int(f[-1]))
+    return {"partition": name.rstrip("*"), "default": name.endswith("*"), "cpus": int(cpus.rstrip("+")),
+            "mem_gb": int(mem.rstrip("+")) / 1024, "gpus": gpus, "time_min": _minutes(limit)}
+
+
+def check_partition(slurm: dict, wants_gpu: bool, sinfo: str | None = None) -> None:
+    """Refuse, before anything is submitted, a request that no node of the partition can ever
+    satisfy (SLURM would keep such a job PENDING forever).
+
+    Args:
+        slurm: the ``launch.slurm`` settings (flags applied).
+        wants_gpu: whether a stage to run asks for GPUs (``gpu_stages``).
+        sinfo: the output of ``sinfo -h -o "%P|%c|%m|%G|%l"`` (read here when None).
+
+    Raises:
+        LaunchError: unknown partition (lists the known ones), or a setting above the
+            partition's limit; names the setting, its flag, the value and the limit.
+    """
+    if sinfo is None:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%l"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LaunchError(f"cannot read the cluster's partitions (sinfo failed: {proc.stderr.strip()}); "
+                              "is SLURM_CONF set and slurmctld running?")
+        sinfo = proc.stdout
+    rows = [partition_limits(ln) for ln in sinfo.splitlines() if ln.strip()]
+    want = slurm["partition"]
+    mine = [r for r in rows if (r["partition"] == want if want else r["default"])]
+    if not mine:
+        raise LaunchError(f"launch.slurm.partition / --partition {want or '(the default)'!r}: no such partition; "
+                          f"the cluster has {', '.join(sorted({r['partition'] for r in rows})) or 'none'}")
+    name = mine[0]["partition"]
+    best = {k: max(r[k] for r in mine) for k in ("cpus", "mem_gb", "gpus", "time_min")}
+    checks = [("cpus_per_job", "--cpus-per-job", slurm["cpus_per_job"], best["cpus"], "CPUs per node"),
+              ("mem_gb", "--mem-gb", slurm["mem_gb"], best["mem_gb"], "GB of memory per node"),
+              ("time_min", "--time-min", slurm["time_min"], best["time_min"], "minutes of time limit")]
+    if wants_gpu:
+        checks.append(("gpus_per_job", "--gpus-per-job", slurm["gpus_per_job"], best["gpus"], "GPUs per node"))
+    for key, flag, value, limit, what in checks:
+        if value > limit:
+            shown = f"{limit:g}" if limit != float("inf") else "no limit"
+            raise LaunchError(f"launch.slurm.{key} / {flag} {value} exceeds partition {name!r}: it has {shown} {what}, "
+                              "so SLURM would keep every job pending forever; lower the setting or pick another "
+                              "partition")
+
+
 def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = None,
            progress_stream=sys.stderr) -> LaunchResult:
     """Run the stale stages of the workspace at ``root`` as parallel jobs, then (``finish``) let
@@ -740,6 +811,8 @@ def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = Non
         workers, threads = cfg["workers"], cfg["threads"]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if cfg["executor"] == "slurm":
+            check_partition(cfg["slurm"], any(j.kind in cfg["slurm"]["gpu_stages"] for j in jobs.values())
+                            and cfg["slurm"]["gpus_per_job"] > 0)
             if cfg["slurm"]["cpus_per_job"] < threads:
                 raise LaunchError(f"launch.slurm.cpus_per_job {cfg['slurm']['cpus_per_job']} is below compute.threads "
                                   f"{threads}: give each job at least as many CPUs as the torch threads it runs")
@@ -1029,6 +1102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", "-j", type=int, help="jobs at a time (default: launch.workers, 2)")
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # gone: compute.threads (refused with the reason)
     p.add_argument("--remote", help="DVC remote for clusters without a shared file system")
+    s = p.add_argument_group("SLURM (over launch.slurm in params.yaml)")
+    s.add_argument("--partition", help="partition (default: the cluster's default partition)")
+    s.add_argument("--account", help="account to charge")
+    s.add_argument("--cpus-per-job", type=int, help="CPUs per job (at least compute.threads)")
+    s.add_argument("--mem-gb", type=int, help="memory per job, GB")
+    s.add_argument("--gpus-per-job", type=int, help="GPUs per job for the stages in launch.slurm.gpu_stages (0: none)")
+    s.add_argument("--time-min", type=int, help="time limit per job, minutes")
+    s.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="another sbatch option, e.g. --sbatch qos=high --sbatch constraint=h100 (repeatable)")
     p.add_argument("--no-finish", dest="finish", action="store_false", default=None,
                    help="do not run `dvc repro` in the workspace afterwards")
     p.add_argument("--dry", action="store_true", help="list the stale stages and exit")
@@ -1062,8 +1144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(name)
             print(f"{len(jobs)} stale stage(s)", file=sys.stderr)
             return 0
+        bad = [kv for kv in a.sbatch if "=" not in kv or not kv.split("=", 1)[0]]
+        if bad:
+            raise LaunchError(f"--sbatch takes KEY=VALUE (e.g. --sbatch qos=high), got {bad}")
+        slurm = {"partition": a.partition, "account": a.account, "cpus_per_job": a.cpus_per_job, "mem_gb": a.mem_gb,
+                 "gpus_per_job": a.gpus_per_job, "time_min": a.time_min,
+                 "extra": dict(kv.split("=", 1) for kv in a.sbatch) or None}
         overrides = {"executor": a.executor, "workers": a.workers, "threads": a.threads, "remote": a.remote,
-                     "finish": a.finish}
+                     "finish": a.finish, "slurm": slurm}
         res = launch(root, a.targets, overrides)
     except LaunchError as err:
         print(f"rga-launch: {err}", file=sys.stderr)
