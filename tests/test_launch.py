@@ -375,7 +375,7 @@ def test_a_launch_on_a_real_slurm_cluster_matches_the_serial_run(reference, slur
                 "CPUs per node, so SLURM would keep every job pending forever") in proc.stderr, proc.stderr
     else:
         assert "launch.slurm.gpus_per_job / --gpus-per-job 1 exceeds partition 'debug': it has 0 GPUs" in proc.stderr
-    proc = launch_cli(root, env, "--executor", "slurm", "--gpus-per-job", "0", "--mem-gb", "100000")
+    proc = launch_cli(root, env, "--executor", "slurm", "--cpus-per-job", "1", "--gpus-per-job", "0", "--mem-gb", "100000")
     assert proc.returncode == 2 and "launch.slurm.mem_gb / --mem-gb 100000 exceeds partition 'debug'" in proc.stderr
     assert run(["squeue", "-h"], root, env).stdout.strip() == ""  # nothing was submitted
     proc = launch_cli(root, env, "--executor", "slurm", "--workers", "2", "--cpus-per-job", "1", "--mem-gb", "4",

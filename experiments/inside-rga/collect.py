@@ -97,6 +97,13 @@ ROWS = [
 STOP = {"badnets": "controls", "addsent": "controls-addsent-stop3"}  # GA-stop at each cell's own crossing
 
 
+# The default run these experiments branched from (commit 2fce6ea, made on a CPU with AVX-512-BF16
+# under bf16 autocast, like every run here): its ReTrain, GA, NPO, RGA and DGA files of the two
+# seed-0 cells, copied into baseline/ so that the table compares runs of one machine. The default
+# run on main has since been re-made on another CPU (README "Reproducibility").
+BASELINE = "baseline"
+
+
 def attack_of(cell: str) -> str:
     """The attack of a cell name ``<model>-<dataset>-<attack>-<seed>`` (model names may hold hyphens)."""
     return cell.rsplit("-", 2)[1]
@@ -104,11 +111,10 @@ def attack_of(cell: str) -> str:
 
 def load(folder: str | None, cell: str, method: str) -> tuple[dict, pd.DataFrame] | None:
     """A method's final metrics and per-epoch history on ``cell``, from experiment folder
-    ``folder`` (None: the committed default run); None when that run does not exist."""
-    if folder is None:
-        mj, hist = ROOT / "metrics" / "unlearn" / f"{cell}-{method}.json", ROOT / "plots" / "unlearn" / f"{cell}-{method}" / "history.csv"
-    else:
-        mj, hist = HERE / folder / "metrics" / "unlearn" / f"{cell}-{method}.json", HERE / folder / "history" / f"{cell}-{method}.csv"
+    ``folder`` (None: the default run these experiments branched from, kept in ``baseline/``);
+    None when that run does not exist."""
+    folder = folder or BASELINE
+    mj, hist = HERE / folder / "metrics" / "unlearn" / f"{cell}-{method}.json", HERE / folder / "history" / f"{cell}-{method}.csv"
     if not mj.is_file():
         return None
     return json.loads(mj.read_text()), pd.read_csv(hist)
@@ -118,7 +124,7 @@ def runs(cell: str, rows) -> tuple[dict, list]:
     """ReTrain's metrics of ``cell`` and ``(label, folder, method, metrics, history)`` for each of
     ``rows`` (label, folder, method) that exists; GA-stop is taken at the cell's own λ crossing
     (its folder in the result is that run's)."""
-    rt = json.loads((ROOT / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
+    rt = json.loads((HERE / BASELINE / "metrics" / "unlearn" / f"{cell}-retrain.json").read_text())
     out = []
     for label, folder, method in rows:
         folder = STOP[attack_of(cell)] if method == "ga_stop" else folder

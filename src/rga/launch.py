@@ -690,8 +690,8 @@ def load_settings(root: Path, overrides: dict) -> dict:
         raise LaunchError(f"launch.workers / --workers must be a positive integer, got {out['workers']!r}")
     from .pipeline import compute_settings
 
-    try:
-        out["threads"] = compute_settings(params)["threads"]
+    try:  # a DVC pipeline without rga's compute section (no stage that reads it) counts one thread per job
+        out["threads"] = compute_settings(params)["threads"] if "compute" in params else 1
     except ValueError as err:
         raise LaunchError(f"params.yaml: {err}") from None
     if not isinstance(out["finish"], bool):
