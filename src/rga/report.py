@@ -643,6 +643,6 @@ def compute_section(metrics_dir: Path) -> str:
                      f"torch {c.get('torch')}, transformers {c.get('transformers')}, dvc {c.get('dvc')}, "
                      f"Python {c.get('python')} ({count} metrics file{'s' if count != 1 else ''})")
     return ("\n## Compute\n\nWhere these numbers were made (the `compute` field of each model stage's metrics "
-            "file). They are reproducible bit for bit on the same hardware, library versions, precision and "
-            "thread count; on other hardware they move within about the seed spread (README "
-            "\"Reproducibility\").\n\n" + "\n".join(lines) + "\n")
+            "file). A re-run on the same hardware with the same library versions, precision and thread count "
+            "reproduced the accuracy metrics exactly (logged losses may differ in the last digits); on other "
+            "hardware they move, most within one seed std, some by more (README \"Reproducibility\").\n\n" + "\n".join(lines) + "\n")
