@@ -107,8 +107,9 @@ def main() -> None:
     else:
         a_sum = json.loads((serial / "metrics" / "summary.json").read_text())
         b_sum = json.loads((parallel / "metrics" / "summary.json").read_text())
-        gap = max(abs(a_sum[g][m]["delta_pacc"] - b_sum[g][m]["delta_pacc"])
-                  for g in a_sum for m in a_sum[g] if isinstance(a_sum[g][m], dict))
+        gap = max((abs(a_sum[g][m]["delta_pacc"] - b_sum[g][m]["delta_pacc"]) for g in a_sum for m in a_sum[g]
+                   if isinstance(a_sum[g][m], dict) and None not in (a_sum[g][m]["delta_pacc"], b_sum[g][m]["delta_pacc"])),
+                  default=0.0)  # skipped cells (null) have nothing to compare
         same = f"{len(diffs)} metrics/report files differ (largest ΔPACC gap {gap:.2f} points)"
     print(f"{same}; dvc status clean in both: {'yes' if clean else 'NO'}; the launcher's final dvc repro "
           f"recomputed: {ran[0] if ran else 'nothing'}")

@@ -25,7 +25,7 @@ cells = matrix_cells(P)
 targets = {d: dataset_spec(d, P).target_label for d in P["matrix"]["datasets"]}
 rows = summary_rows(ROOT / "metrics", cells, methods, targets)
 # Paired bootstrap over the fixed test set's rows (and seeds) for every model x dataset x attack.
-preds = load_predictions(ROOT / "data" / "preds", cells, methods)
+preds = load_predictions(ROOT / "data" / "preds", cells, methods, ROOT / "metrics")
 dataset_of = {group_name(m, d, a): d for m, d, a, _ in cells}
 intervals = {name: bootstrap_intervals(group, targets[dataset_of[name]], dataset_spec(dataset_of[name], P).num_labels)
              for name, group in preds.items()}
@@ -55,7 +55,7 @@ write_text("# Backdoor unlearning results (paper Table 2 layout)\n\n"
            "paired bootstrap interval.\n\n" + shift_table(rows, intervals) +
            "\n## Detection quality\n\nThe forget set the unlearning methods worked on: precision (its purity), "
            "recall and F1 against the true poisoned rows, its size and its poisoned rows. † = F1 below 0.5.\n\n"
-           + detection_table(rows) + lfr_section(rows) + compute_section(ROOT / "metrics"), ROOT / "report" / "table.md")
+           + detection_table(rows) + lfr_section(rows) + compute_section(ROOT / "metrics", cells, methods), ROOT / "report" / "table.md")
 write_csv(pd.DataFrame(rows), ROOT / "report" / "summary_rows.csv")
 
 figs = ROOT / "report" / "figures"

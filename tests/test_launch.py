@@ -470,3 +470,25 @@ def test_parameter_sweep_through_the_dvc_queue(reference, tmp_path):
         assert {k: m["ga"][k] for k in ("pacc", "cacc", "delta_pacc")} == \
             {k: ga[k] for k in ("pacc", "cacc", "delta_pacc")}
         assert "npo" in m
+
+
+def test_the_partition_check_needs_one_node_configuration_that_gives_everything():
+    from rga.launch import _minutes, check_partition, partition_limits
+
+    assert [_minutes(t) for t in ("infinite", "30", "05:00", "2:00:00", "1-02", "1-02:30:00", "NOT_SET")] == \
+        [float("inf"), 30, 5, 120, 1560, 1590, float("inf")]
+    assert partition_limits("gpu*|64|514000|gpu:a100:4(S:0-1)|2-00:00:00") == {
+        "partition": "gpu", "default": True, "cpus": 64, "mem_gb": 514000 / 1024, "gpus": 4, "time_min": 2880}
+    ask = {"partition": "", "cpus_per_job": 48, "mem_gb": 64, "gpus_per_job": 1, "time_min": 240}
+    two_sizes = "cpu*|32|257000|(null)|infinite\ncpu*|64|514000|(null)|infinite\n"
+    check_partition(ask, wants_gpu=False, sinfo=two_sizes)  # 48 CPUs fit the 64-CPU nodes
+    with pytest.raises(LaunchError, match=r"--cpus-per-job 96 exceeds partition 'cpu': it has 64 CPUs per node"):
+        check_partition(dict(ask, cpus_per_job=96), wants_gpu=False, sinfo=two_sizes)
+    split = "gpu*|64|514000|(null)|infinite\ngpu*|8|514000|gpu:4|infinite\n"  # CPUs on one node, GPUs on another
+    with pytest.raises(LaunchError, match=r"no node of partition 'gpu' has all of --cpus-per-job 32.*--gpus-per-job 1"):
+        check_partition(dict(ask, cpus_per_job=32), wants_gpu=True, sinfo=split)
+    with pytest.raises(LaunchError, match=r"--time-min 240 exceeds partition 'short': it has 60 minutes"):
+        check_partition(dict(ask, partition="short", cpus_per_job=1), wants_gpu=False,
+                        sinfo="short|8|96000|(null)|1:00:00\n" + two_sizes)
+    with pytest.raises(LaunchError, match=r"--partition 'gpu2': no such partition; the cluster has cpu, short"):
+        check_partition(dict(ask, partition="gpu2"), wants_gpu=False, sinfo="short|8|96000|(null)|1:00:00\n" + two_sizes)

@@ -33,7 +33,7 @@ def test_every_declared_dependency_is_pinned_exactly_and_torch_is_left_to_its_ow
     assert not missing, f"in pyproject.toml but not pinned in requirements.lock: {missing} (run scripts/lock.sh)"
     for r in declared:  # each pin satisfies the range pyproject.toml asks for
         if r.name != "torch":
-            assert r.specifier.contains(locked[canonicalize_name(r.name)], prereleases=True), (r, locked[r.name])
+            assert r.specifier.contains(locked[canonicalize_name(r.name)], prereleases=True), (r, locked[canonicalize_name(r.name)])
     # torch is installed first from scripts/torch.txt (the build that fits the machine), never by the lock
     assert "torch" not in locked
     torch_pin = (REPO / "scripts" / "torch.txt").read_text().split()[0]

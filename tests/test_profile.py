@@ -150,3 +150,17 @@ def test_unknown_profile_lists_choices(params_copy):
     assert "gpu" in msg
     assert "cpu, paper, tiny" in msg
     assert params_copy.read_text(encoding="utf-8") == before  # file untouched
+
+
+def test_compute_settings_are_checked_with_the_key_and_the_choices():
+    from rga.pipeline import compute_settings
+
+    assert compute_settings({"compute": {"threads": 2, "onednn_max_isa": "avx2"}}) == {"threads": 2,
+                                                                                      "onednn_max_isa": "AVX2"}
+    for bad, msg in (({}, "params.yaml has no compute.threads"),
+                     ({"compute": {"threads": 0}}, "compute.threads must be an integer >= 1 .*got 0"),
+                     ({"compute": {"threads": True}}, "compute.threads must be an integer >= 1"),
+                     ({"compute": {"threads": 2, "onednn_max_isa": "AVX9"}}, "'AVX9' is not one of oneDNN's: SSE41"),
+                     ({"compute": {"threads": 2, "thread": 1}}, r"unknown key\(s\) \['thread'\]")):
+        with pytest.raises(ValueError, match=msg):
+            compute_settings(bad)

@@ -577,3 +577,37 @@ def test_a_skipped_seed_is_left_out_of_every_mean_interval_and_verdict(tmp_path)
         "delta_pacc": None, "pacc": None, "cacc": None, "seeds_run": 0, "seeds": 3, "delta_pacc_lo": None,
         "delta_pacc_hi": None}
     assert bootstrap_intervals({"retrain": {0: retrain}, "ga": {}}, 1, 2) == {}
+
+
+def test_compute_section_lists_each_setting_once_and_reads_only_the_matrix(tmp_path):
+    from rga.report import compute_section
+
+    root = tmp_path / "metrics"
+    cpu = {"device": "cpu", "cpu": "Some CPU", "cpu_capability": "AVX512", "onednn_isa": "Intel AVX-512",
+           "onednn_max_isa": None, "gpu": None, "cuda": None, "python": "3.11.7", "torch": "2.13.0",
+           "transformers": "5.25.0", "dvc": "3.67.1", "threads": 2}
+    write(root / "poisoned" / "minilm-sst2-badnets-0.json", {"compute": {**cpu, "precision": "fp32"}})
+    write(root / "detect" / "minilm-sst2-badnets-0.json", {"compute": cpu})  # oracle: no model, no precision
+    write(root / "unlearn" / "minilm-sst2-badnets-0-ga.json", {"compute": {**cpu, "precision": "fp32"}})
+    write(root / "unlearn" / "minilm-sst2-badnets-0-old.json", {"compute": {**cpu, "threads": 1}})  # not in the matrix
+    text = compute_section(root, [("minilm", "sst2", "badnets", 0)], ["ga"])
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert lines == ["- CPU Some CPU, oneDNN ISA: Intel AVX-512, ATen vector ISA AVX512; precision fp32, 2 torch "
+                     "thread(s); torch 2.13.0, transformers 5.25.0, dvc 3.67.1, Python 3.11.7 (3 metrics files)"]
+    assert compute_section(tmp_path / "none", [("minilm", "sst2", "badnets", 0)], ["ga"]) == ""
+
+
+def test_predictions_that_disagree_with_the_status_are_a_bug(tmp_path):
+    from rga.report import load_predictions
+
+    metrics, preds = tmp_path / "metrics", tmp_path / "preds"
+    preds.mkdir()
+    cell = "minilm-sst2-badnets-0"
+    preds_table(np.ones(10, bool)).to_csv(preds / f"{cell}-retrain.csv", index=False)
+    preds_table(np.ones(10, bool)).head(0).to_csv(preds / f"{cell}-ga.csv", index=False)  # no row...
+    write(metrics / "unlearn" / f"{cell}-ga.json", {"status": "ran"})                     # ...but it ran
+    with pytest.raises(ValueError, match="has 0 rows but ga in cell minilm-sst2-badnets-0 has status 'ran'"):
+        load_predictions(preds, [("minilm", "sst2", "badnets", 0)], ["ga"], metrics)
+    write(metrics / "unlearn" / f"{cell}-ga.json", {"status": "skipped"})
+    got = load_predictions(preds, [("minilm", "sst2", "badnets", 0)], ["ga"], metrics)
+    assert list(got["minilm-sst2-badnets"]["ga"]) == [] and list(got["minilm-sst2-badnets"]["retrain"]) == [0]

@@ -77,7 +77,7 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# (label, folder or None for the committed default run, method)
+# (label, folder or None for the default run they branched from, in baseline/, method)
 ROWS = [
     ("RGA (paper: β 0.05, plain norm to θ_base)", None, "rga"),
     ("RGA β 0.01", "beta-0.01", "rga"),

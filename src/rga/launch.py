@@ -717,8 +717,8 @@ def load_settings(root: Path, overrides: dict) -> dict:
 
 def _minutes(limit: str) -> float:
     """A SLURM time limit (``infinite``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in minutes."""
-    if limit in ("infinite", "UNLIMITED", "n/a", ""):
-        return float("inf")
+    if limit in ("infinite", "UNLIMITED", "n/a", "", "NOT_SET") or not limit[:1].isdigit():
+        return float("inf")  # no limit, or one sinfo does not state: nothing to refuse on
     days, _, rest = limit.rpartition("-")
     parts = [int(x) for x in rest.split(":")]
     if days:
@@ -730,9 +730,10 @@ def _minutes(limit: str) -> float:
 
 
 def partition_limits(sinfo_line: str) -> dict:
-    """One line of ``sinfo -h -o "%P|%c|%m|%G|%l"`` as ``{"partition", "cpus", "mem_gb", "gpus",
-    "time_min"}``: the largest request one node of the partition can ever satisfy (a trailing
-    ``*`` marks the default partition; GPUs from the ``gpu:[type:]N`` GRES, 0 without)."""
+    """One line of ``sinfo -a -e -h -o "%P|%c|%m|%G|%l"`` (``-e``: one line per distinct node
+    configuration, so the values are exact) as ``{"partition", "cpus", "mem_gb", "gpus",
+    "time_min"}``: what one node of that configuration can give (a trailing ``*`` marks the
+    default partition; GPUs from the ``gpu:[type:]N`` GRES, 0 without)."""
     name, cpus, mem, gres, limit = sinfo_line.strip().split("|")
     gpus = 0
     for g in gres.split(","):
@@ -757,7 +758,10 @@ def check_partition(slurm: dict, wants_gpu: bool, sinfo: str | None = None) -> N
             partition's limit; names the setting, its flag, the value and the limit.
     """
     if sinfo is None:
-        proc = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%l"], capture_output=True, text=True)
+        try:
+            proc = subprocess.run(["sinfo", "-a", "-e", "-h", "-o", "%P|%c|%m|%G|%l"], capture_output=True, text=True)
+        except OSError as err:
+            raise LaunchError(f"cannot read the cluster's partitions: {err} (is SLURM installed here?)") from None
         if proc.returncode != 0:
             raise LaunchError(f"cannot read the cluster's partitions (sinfo failed: {proc.stderr.strip()}); "
                               "is SLURM_CONF set and slurmctld running?")
@@ -769,18 +773,23 @@ def check_partition(slurm: dict, wants_gpu: bool, sinfo: str | None = None) -> N
         raise LaunchError(f"launch.slurm.partition / --partition {want or '(the default)'!r}: no such partition; "
                           f"the cluster has {', '.join(sorted({r['partition'] for r in rows})) or 'none'}")
     name = mine[0]["partition"]
-    best = {k: max(r[k] for r in mine) for k in ("cpus", "mem_gb", "gpus", "time_min")}
-    checks = [("cpus_per_job", "--cpus-per-job", slurm["cpus_per_job"], best["cpus"], "CPUs per node"),
-              ("mem_gb", "--mem-gb", slurm["mem_gb"], best["mem_gb"], "GB of memory per node"),
-              ("time_min", "--time-min", slurm["time_min"], best["time_min"], "minutes of time limit")]
+    checks = [("cpus_per_job", "--cpus-per-job", slurm["cpus_per_job"], "cpus", "CPUs per node"),
+              ("mem_gb", "--mem-gb", slurm["mem_gb"], "mem_gb", "GB of memory per node"),
+              ("time_min", "--time-min", slurm["time_min"], "time_min", "minutes of time limit")]
     if wants_gpu:
-        checks.append(("gpus_per_job", "--gpus-per-job", slurm["gpus_per_job"], best["gpus"], "GPUs per node"))
-    for key, flag, value, limit, what in checks:
+        checks.append(("gpus_per_job", "--gpus-per-job", slurm["gpus_per_job"], "gpus", "GPUs per node"))
+    if any(all(value <= row[k] for _, _, value, k, _ in checks) for row in mine):
+        return  # one node configuration gives everything at once
+    for key, flag, value, k, what in checks:  # name the first setting no node configuration can give
+        limit = max(r[k] for r in mine)
         if value > limit:
             shown = f"{limit:g}" if limit != float("inf") else "no limit"
             raise LaunchError(f"launch.slurm.{key} / {flag} {value} exceeds partition {name!r}: it has {shown} {what}, "
                               "so SLURM would keep every job pending forever; lower the setting or pick another "
                               "partition")
+    raise LaunchError(f"no node of partition {name!r} has all of {', '.join(f'{f} {v}' for _, f, v, _, _ in checks)} "
+                      "at once (each is available on some node, never together), so SLURM would keep every job "
+                      "pending forever; lower a setting or pick another partition")
 
 
 def launch(root: Path, targets: Sequence[str] = (), overrides: dict | None = None,

@@ -181,17 +181,20 @@ N_BOOTSTRAP = 2000
 CI_LEVEL = 95.0
 
 
-def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str]) -> dict:
+def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str], metrics_dir: Path | None = None) -> dict:
     """Per-row predictions (``data/preds/<cell>-<method>.csv``, see
     :func:`rga.stagekit.predictions_table`) grouped for :func:`bootstrap_intervals`.
 
     Returns:
         ``{<model>-<dataset>-<attack>: {method: {seed: table}}}`` with ReTrain included; seeds
-        in the order of ``cells``. A method skipped on a degenerate cell (its file has the header
-        and no row, :func:`rga.stagekit.write_skipped_result`) has no entry for that seed.
+        in the order of ``cells``. A method skipped on a degenerate cell (``status: skipped`` in
+        its metrics file under ``metrics_dir``; its predictions file has the header and no row,
+        :func:`rga.stagekit.write_skipped_result`) has no entry for that seed.
 
     Raises:
         MissingCellError: a predictions file is missing (names the cell and method).
+        ValueError: a predictions file that disagrees with its metrics file's status (rows for a
+            skipped method, or none for one that ran): a bug, not an outcome.
     """
     out: dict = {}
     for model, dataset, attack, seed in cells:
@@ -204,6 +207,13 @@ def load_predictions(preds_dir: Path, cells: list[tuple], methods: list[str]) ->
                                        "(run `dvc repro` for that cell)")
             tab = pd.read_csv(path)
             group.setdefault(m, {})
+            status = None
+            if metrics_dir is not None:
+                mpath = Path(metrics_dir) / "unlearn" / f"{cell}-{m}.json"
+                status = json.loads(mpath.read_text()).get("status", "ran") if mpath.is_file() else None
+            if status is not None and (status == "skipped") == bool(len(tab)):
+                raise ValueError(f"{path} has {len(tab)} rows but {m} in cell {cell} has status {status!r}: "
+                                 "the predictions and the metrics file disagree (re-run that cell)")
             if len(tab):
                 group[m][int(seed)] = tab
     return out
@@ -261,6 +271,11 @@ def bootstrap_intervals(preds: dict[str, list[pd.DataFrame]], target_label: int,
     """
     if "retrain" not in preds:
         raise ValueError("the paired bootstrap needs ReTrain's predictions (method 'retrain')")
+    lists = {m: len(t) for m, t in preds.items() if isinstance(t, (list, tuple))}
+    if lists and len(set(lists.values())) > 1:  # a list pairs seeds by position: every method needs all of them
+        raise ValueError(f"per-seed lists of different lengths {lists}: the paired bootstrap needs the same fixed "
+                         "test set and the same seeds for every method (pass {method: {seed: table}} when some "
+                         "seeds were skipped)")
     preds = {m: dict(enumerate(t)) if isinstance(t, (list, tuple)) else dict(t) for m, t in preds.items()}
     if not preds["retrain"]:
         return {}  # ReTrain ran on no seed: nothing to compare with
@@ -391,8 +406,12 @@ def table(rows: list[dict], methods: list[str], intervals: dict | None = None) -
         rec = {"model": model, "dataset": dataset, "attack": attack, "seeds": n_seeds, "seeds_run": k_all}
         for m in methods:
             gm = g[g.method == m]
-            if not k_of[m]:  # ran on no seed: no number at all
+            if not k_of[m]:  # ran on no seed: no number at all (NaN in the dataframe, same columns)
                 cells += ["skipped"] * (3 if m == "retrain" else 4)
+                for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc",)):
+                    rec[f"{m}_{k}_mean"] = rec[f"{m}_{k}_std"] = NAN
+                if m != "retrain":
+                    rec[f"{m}_delta_trigger_shift_mean"] = NAN
                 continue
             for k in ("cacc", "lfr", "pacc") + (() if m == "retrain" else ("delta_pacc", "delta_trigger_shift")):
                 if k == "delta_trigger_shift":  # in the dataframe only (the shift table shows it)
@@ -615,15 +634,20 @@ def plot_confusions(mats: dict[str, np.ndarray], names: list[str], cell: str):
     return fig
 
 
-def compute_section(metrics_dir: Path) -> str:
+def compute_section(metrics_dir: Path, cells: list[tuple], methods: list[str]) -> str:
     """Markdown: the compute that made a run's numbers, once per distinct setting, from the
-    ``compute`` field of every model stage's metrics file under ``metrics_dir`` (``poisoned/``,
-    ``detect/``, ``unlearn/``): device, CPU or GPU, oneDNN's instruction set, library versions,
-    precision and torch threads, with how many metrics files each setting made. Empty string
-    when no file records it (files from before the field existed)."""
+    ``compute`` field of the model stages' metrics files of ``cells`` × ``methods`` (ReTrain
+    included) under ``metrics_dir`` (``poisoned/``, ``detect/``, ``unlearn/``; files of cells
+    or methods no longer in the matrix are not read): device, CPU or GPU, oneDNN's instruction
+    set, library versions, precision and torch threads, with how many metrics files each
+    setting made. Empty string when no file records it (files from before the field existed)."""
     seen: dict[str, list] = {}
-    for sub in ("poisoned", "detect", "unlearn"):
-        for path in sorted((Path(metrics_dir) / sub).glob("*.json")):
+    names = [f"{m}-{d}-{a}-{s}" for m, d, a, s in cells]
+    paths = [Path(metrics_dir) / sub / f"{c}.json" for sub in ("poisoned", "detect") for c in names]
+    paths += [Path(metrics_dir) / "unlearn" / f"{c}-{m}.json" for c in names
+              for m in ["retrain"] + [m for m in methods if m != "retrain"]]
+    for path in paths:
+        if path.is_file():
             c = json.loads(path.read_text(encoding="utf-8")).get("compute")
             if c:  # one line per setting; the precisions of the model stages that ran under it are listed
                 key = json.dumps({k: v for k, v in c.items() if k != "precision"}, sort_keys=True)
