@@ -51,11 +51,16 @@ def probe(tuning: str) -> tuple[str, int, int]:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt; elsewhere the call is a no-op")
 def test_tuned_allocator_keeps_big_tensors_on_the_heap_and_reuses_their_pages():
     applied, tuned_mapped, tuned_faults = probe("1")
-    skipped, default_mapped, _ = probe("0")
+    skipped, default_mapped, default_faults = probe("0")
     assert (applied, skipped) == ("True", "False")
     assert default_mapped >= TENSOR  # glibc's defaults: the tensor is a fresh mapping
     assert tuned_mapped == 0  # tuned: it comes from the heap
-    assert tuned_faults < PAGES // 4  # ten more 47 MB tensors in pages the process already has
+    # ten more 47 MB tensors: with glibc's defaults every page of each faults in again (about
+    # 10 x PAGES); tuned, they reuse pages the process already has. A VM's memory reclaim
+    # (DAMON here) sometimes takes back one freed tensor's pages between iterations, so the
+    # bound allows two tensors' worth, still a fifth of the default run's faults at most.
+    assert default_faults > 8 * PAGES
+    assert tuned_faults < 2 * PAGES < default_faults // 4
 
 
 def test_tuning_is_a_no_op_when_opted_out_and_refuses_other_values(monkeypatch):
